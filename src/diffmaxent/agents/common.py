@@ -1,0 +1,116 @@
+"""Pieces every agent composes: the agent interface, TD targets, Polyak averaging, temperature."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffmaxent.config import AUTO, Preset
+from diffmaxent.envs.factory import EnvSpec
+
+Metrics = dict[str, jax.Array]
+
+
+class Agent(NamedTuple):
+    """The pure functions of one agent, built for one config and env.
+
+    * ``init(key) -> state``
+    * ``act(state, obs [B, obs_dim], key, deterministic) -> action [B, action_dim]`` in [-1, 1]
+    * ``update(state, batch, key) -> (state, metrics)``: ``batch`` has leading shape
+      ``[num_updates, batch_size]``; one gradient step per leading index, run with ``lax.scan``.
+
+    ``act`` and ``update`` are jitted; ``deterministic`` is static.
+    """
+
+    init: Callable[[jax.Array], Any]
+    act: Callable[..., jax.Array]
+    update: Callable[..., tuple[Any, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoSpec:
+    """Registry entry: how to configure and build an algorithm."""
+
+    name: str
+    description: str
+    config_cls: type
+    make: Callable[[Any, EnvSpec], Agent]
+    presets: Mapping[str, Preset]
+    loop: str = "off_policy"
+
+
+def td_target(
+    reward: jax.Array, terminated: jax.Array, next_value: jax.Array, gamma: float
+) -> jax.Array:
+    """``r + gamma * (1 - terminated) * V(s')``: only a true termination stops the bootstrap;
+    a time-limit truncation does not (the stored ``next_obs`` is the real next state)."""
+    return reward + gamma * (1.0 - terminated) * next_value
+
+
+def polyak_update(target_params: Any, online_params: Any, tau: float) -> Any:
+    """``target <- (1 - tau) * target + tau * online``, leaf by leaf."""
+    return jax.tree_util.tree_map(
+        lambda t, o: (1.0 - tau) * t + tau * o, target_params, online_params
+    )
+
+
+def scan_updates(
+    gradient_step: Callable[[Any, Any, jax.Array], tuple[Any, Metrics]],
+    state: Any,
+    batches: Any,
+    key: jax.Array,
+) -> tuple[Any, Metrics]:
+    """Run one ``gradient_step(state, batch, key)`` per leading index of ``batches`` with
+    ``lax.scan``; the metrics returned are the mean over the steps."""
+    num_steps = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    keys = jax.random.split(key, num_steps)
+
+    def body(carry, inputs):
+        batch, step_key = inputs
+        return gradient_step(carry, batch, step_key)
+
+    state, metrics = jax.lax.scan(body, state, (batches, keys))
+    return state, jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+# --- temperature ---------------------------------------------------------------------------------
+
+
+def temperature_is_auto(temperature: float | str) -> bool:
+    return temperature == AUTO
+
+
+def initial_log_temperature(temperature: float | str, init_temperature: float) -> jax.Array:
+    """Learnable log-temperature for ``auto``; the fixed value's log otherwise."""
+    value = init_temperature if temperature_is_auto(temperature) else float(temperature)
+    return jnp.log(jnp.asarray(value, dtype=jnp.float32))
+
+
+def temperature_loss(
+    log_temperature: jax.Array, entropy: jax.Array, target_entropy: float
+) -> jax.Array:
+    """SAC's temperature objective (Haarnoja et al. 2018b, eq. 18) in log-space:
+    ``log(alpha) * (H - H_target)``, so alpha falls when the policy's entropy ``H`` (an estimate,
+    gradient stopped) is above the target and rises when below."""
+    return log_temperature * jax.lax.stop_gradient(jnp.mean(entropy) - target_entropy)
+
+
+def temperature_step(
+    log_temperature: jax.Array,
+    opt_state: optax.OptState,
+    optimizer: optax.GradientTransformation,
+    entropy: jax.Array,
+    target_entropy: float,
+    learn: bool,
+) -> tuple[jax.Array, optax.OptState]:
+    """One optimiser step on the temperature if it is learned; unchanged if it is fixed."""
+    if not learn:
+        return log_temperature, opt_state
+    grad = jax.grad(temperature_loss)(log_temperature, entropy, target_entropy)
+    updates, opt_state = optimizer.update(grad, opt_state, log_temperature)
+    return optax.apply_updates(log_temperature, updates), opt_state

@@ -1,0 +1,178 @@
+"""``diffmaxent``: train, evaluate, list algorithms and presets.
+
+Every bad input ends with one line on stderr (``diffmaxent: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from diffmaxent.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        raise UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from diffmaxent import training
+
+    parser = _Parser(prog="diffmaxent", description="Diffusion policies for MaxEnt RL.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train an agent and write a run directory")
+    train.add_argument("--algo", default=training.DEFAULT_ALGO, help="algorithm (see `algos`)")
+    train.add_argument("--env", default=training.DEFAULT_ENV, help="Gymnasium env id")
+    train.add_argument("--steps", default=training.DEFAULT_STEPS, type=_int("--steps"),
+                       help="env steps")
+    train.add_argument("--seed", default=0, type=_int("--seed"), help="random seed")
+    train.add_argument("--out", default=None, help="run directory (default: runs/<algo>-<env>-...)")
+    train.add_argument("--preset", default=training.DEFAULT_PRESET,
+                       help="hyperparameter preset (see `presets ALGO`)")
+    train.add_argument("--set", dest="assignments", action="append", default=[],
+                       metavar="NAME=VALUE", help="override a hyperparameter (repeatable)")
+    train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    evaluate = commands.add_parser("eval", help="evaluate the last checkpoint of a run")
+    evaluate.add_argument("run_dir", help="a run directory written by `train`")
+    evaluate.add_argument("--episodes", default=10, type=_int("--episodes"))
+    evaluate.add_argument("--seed", default=0, type=_int("--seed"),
+                          help="seed of the evaluation env and the policy's noise")
+    mode = evaluate.add_mutually_exclusive_group()
+    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
+                      help="deterministic actions (default: as the run evaluated)")
+    mode.add_argument("--stochastic", dest="deterministic", action="store_false",
+                      help="sampled actions")
+
+    commands.add_parser("algos", help="list the algorithms")
+    presets = commands.add_parser("presets", help="list an algorithm's presets and hyperparameters")
+    presets.add_argument("algo")
+    return parser
+
+
+def _int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects an integer, got {text!r}") from None
+
+    return parse
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from diffmaxent.config import parse_assignments
+    from diffmaxent.training import train
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    overrides = parse_assignments(args.assignments)
+    result = train(
+        args.algo,
+        args.env,
+        steps=args.steps,
+        seed=args.seed,
+        out=args.out,
+        preset=args.preset,
+        overrides=overrides,
+        force=args.force,
+        progress=False if args.quiet else None,
+    )
+    print(
+        f"final evaluation return {result.eval_return_mean:.2f} ± {result.eval_return_std:.2f}; "
+        f"run directory {result.run_dir}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import jax
+
+    from diffmaxent.envs import make_env
+    from diffmaxent.policy import load
+    from diffmaxent.training import EVAL_SEED_OFFSET, evaluate
+
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be a positive integer, got {args.episodes}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    loaded = load(args.run_dir)
+    deterministic = (
+        loaded.config.loop.eval_deterministic if args.deterministic is None else args.deterministic
+    )
+    env = make_env(loaded.config.env, seed=args.seed + EVAL_SEED_OFFSET)
+    returns, _ = evaluate(loaded.agent, loaded.state, env, args.episodes,
+                          jax.random.PRNGKey(args.seed), deterministic)
+    env.close()
+    mode = "deterministic" if deterministic else "stochastic"
+    print(
+        f"{loaded.config.algo} on {loaded.config.env}, checkpoint at step {loaded.env_step}, "
+        f"{args.episodes} {mode} episodes: return {returns.mean():.2f} ± {returns.std():.2f}"
+    )
+    return 0
+
+
+def _cmd_algos(args: argparse.Namespace) -> int:
+    from diffmaxent.agents import ALGOS
+
+    width = max(len(name) for name in ALGOS)
+    for name, spec in ALGOS.items():
+        print(f"{name:<{width}}  {spec.description}  (presets: {', '.join(spec.presets)})")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from diffmaxent.agents import get_algo
+    from diffmaxent.training import hyperparameter_table
+
+    spec = get_algo(args.algo)
+    rows = hyperparameter_table(args.algo)
+    print(f"{spec.name}: {spec.description}\n")
+    print("presets (values that differ from the defaults below):")
+    for name, preset in spec.presets.items():
+        if callable(preset):
+            doc = (preset.__doc__ or "").strip().splitlines()
+            print(f"  {name}: {doc[0] if doc else 'depends on the env'}")
+        else:
+            values = ", ".join(f"{k}={v}" for k, v in preset.items()) or "(defaults)"
+            print(f"  {name}: {values}")
+    print("\nhyperparameters (name, type, default, meaning):")
+    name_width = max(len(r[0]) for r in rows)
+    type_width = max(len(r[1]) for r in rows)
+    for name, type_name, default, help_text in rows:
+        print(f"  {name:<{name_width}}  {type_name:<{type_width}}  {default!s:<14} {help_text}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        handler = {
+            "train": _cmd_train,
+            "eval": _cmd_eval,
+            "algos": _cmd_algos,
+            "presets": _cmd_presets,
+        }[args.command]
+        return handler(args)
+    except UsageError as error:
+        print(f"diffmaxent: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("diffmaxent: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

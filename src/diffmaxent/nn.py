@@ -1,0 +1,79 @@
+"""Network building blocks shared by all agents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "elu": nn.elu,
+}
+
+
+class MLP(nn.Module):
+    """Dense layers with an activation (and optional LayerNorm) after every hidden layer.
+
+    ``output_dim=None`` leaves the last hidden activation as the output.
+    """
+
+    hidden_dims: Sequence[int]
+    output_dim: int | None = None
+    activation: str = "relu"
+    layer_norm: bool = False
+    output_scale: float = 1.0  # scales the output layer's initial weights (small = near-zero start)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for width in self.hidden_dims:
+            x = nn.Dense(width)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+            x = act(x)
+        if self.output_dim is not None:
+            init = nn.initializers.variance_scaling(
+                self.output_scale**2, "fan_avg", "uniform"
+            )
+            x = nn.Dense(self.output_dim, kernel_init=init)(x)
+        return x
+
+
+class QNetwork(nn.Module):
+    """Q(s, a): an MLP on the concatenation ``[obs, action]``; returns shape ``[B]``."""
+
+    hidden_dims: Sequence[int]
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([obs, action], axis=-1)
+        return MLP(self.hidden_dims, 1, self.activation, self.layer_norm)(x)[..., 0]
+
+
+class EnsembleCritic(nn.Module):
+    """``num_critics`` independent Q-networks evaluated together; returns ``[num_critics, B]``."""
+
+    hidden_dims: Sequence[int]
+    num_critics: int = 2
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            QNetwork,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        return ensemble(self.hidden_dims, self.activation, self.layer_norm)(obs, action)
