@@ -48,7 +48,9 @@ def restore(directory: Path, template: Any) -> Any:
     with np.load(Path(directory) / STATE_FILE) as data:
         missing = [name for name, _ in named if name not in data.files]
         if missing:
-            raise ValueError(f"checkpoint {directory} does not match this agent: missing {missing[0]}")
+            raise ValueError(
+                f"checkpoint {directory} does not match this agent: missing {missing[0]}"
+            )
         leaves = []
         for name, leaf in named:
             array = data[name]
@@ -77,10 +79,13 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     found = [
         p
         for p in checkpoints.iterdir()
-        if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
-        and (p / STATE_FILE).exists() and (p / META_FILE).exists()
+        if p.is_dir()
+        and p.name.startswith(PREFIX)
+        and p.name[len(PREFIX) :].isdigit()
+        and (p / STATE_FILE).exists()
+        and (p / META_FILE).exists()
     ]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def prune(checkpoints: Path, keep: int) -> None:

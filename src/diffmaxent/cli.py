@@ -29,27 +29,47 @@ def _build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an agent and write a run directory")
     train.add_argument("--algo", default=training.DEFAULT_ALGO, help="algorithm (see `algos`)")
     train.add_argument("--env", default=training.DEFAULT_ENV, help="Gymnasium env id")
-    train.add_argument("--steps", default=training.DEFAULT_STEPS, type=_int("--steps"),
-                       help="env steps")
+    train.add_argument(
+        "--steps", default=training.DEFAULT_STEPS, type=_int("--steps"), help="env steps"
+    )
     train.add_argument("--seed", default=0, type=_int("--seed"), help="random seed")
     train.add_argument("--out", default=None, help="run directory (default: runs/<algo>-<env>-...)")
-    train.add_argument("--preset", default=training.DEFAULT_PRESET,
-                       help="hyperparameter preset (see `presets ALGO`)")
-    train.add_argument("--set", dest="assignments", action="append", default=[],
-                       metavar="NAME=VALUE", help="override a hyperparameter (repeatable)")
+    train.add_argument(
+        "--preset",
+        default=training.DEFAULT_PRESET,
+        help="hyperparameter preset (see `presets ALGO`)",
+    )
+    train.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a hyperparameter (repeatable)",
+    )
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
     evaluate = commands.add_parser("eval", help="evaluate the last checkpoint of a run")
     evaluate.add_argument("run_dir", help="a run directory written by `train`")
     evaluate.add_argument("--episodes", default=10, type=_int("--episodes"))
-    evaluate.add_argument("--seed", default=0, type=_int("--seed"),
-                          help="seed of the evaluation env and the policy's noise")
+    evaluate.add_argument(
+        "--seed",
+        default=0,
+        type=_int("--seed"),
+        help="seed of the evaluation env and the policy's noise",
+    )
     mode = evaluate.add_mutually_exclusive_group()
-    mode.add_argument("--deterministic", dest="deterministic", action="store_true", default=None,
-                      help="deterministic actions (default: as the run evaluated)")
-    mode.add_argument("--stochastic", dest="deterministic", action="store_false",
-                      help="sampled actions")
+    mode.add_argument(
+        "--deterministic",
+        dest="deterministic",
+        action="store_true",
+        default=None,
+        help="deterministic actions (default: as the run evaluated)",
+    )
+    mode.add_argument(
+        "--stochastic", dest="deterministic", action="store_false", help="sampled actions"
+    )
 
     commands.add_parser("algos", help="list the algorithms")
     presets = commands.add_parser("presets", help="list an algorithm's presets and hyperparameters")
@@ -108,8 +128,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded.config.loop.eval_deterministic if args.deterministic is None else args.deterministic
     )
     env = make_env(loaded.config.env, seed=args.seed + EVAL_SEED_OFFSET)
-    returns, _ = evaluate(loaded.agent, loaded.state, env, args.episodes,
-                          jax.random.PRNGKey(args.seed), deterministic)
+    returns, _ = evaluate(
+        loaded.agent, loaded.state, env, args.episodes, jax.random.PRNGKey(args.seed), deterministic
+    )
     env.close()
     mode = "deterministic" if deterministic else "stochastic"
     print(

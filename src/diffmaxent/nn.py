@@ -38,9 +38,7 @@ class MLP(nn.Module):
                 x = nn.LayerNorm()(x)
             x = act(x)
         if self.output_dim is not None:
-            init = nn.initializers.variance_scaling(
-                self.output_scale**2, "fan_avg", "uniform"
-            )
+            init = nn.initializers.variance_scaling(self.output_scale**2, "fan_avg", "uniform")
             x = nn.Dense(self.output_dim, kernel_init=init)(x)
         return x
 

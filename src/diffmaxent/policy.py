@@ -26,8 +26,15 @@ class LoadedAgent:
         env_step: the env step at which the checkpoint was written.
     """
 
-    def __init__(self, config: ResolvedConfig, env_spec: EnvSpec, agent: Agent, state: Any,
-                 env_step: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        env_spec: EnvSpec,
+        agent: Agent,
+        state: Any,
+        env_step: int,
+        seed: int = 0,
+    ) -> None:
         self.config = config
         self.env_spec = env_spec
         self.agent = agent
@@ -55,7 +62,9 @@ class LoadedAgent:
         return env_action[0] if single else env_action
 
 
-def load(run_dir: str | Path, checkpoint_dir: str | Path | None = None, seed: int = 0) -> LoadedAgent:
+def load(
+    run_dir: str | Path, checkpoint_dir: str | Path | None = None, seed: int = 0
+) -> LoadedAgent:
     """Load the latest checkpoint of a run (or the given checkpoint directory).
 
     Raises:
@@ -64,8 +73,9 @@ def load(run_dir: str | Path, checkpoint_dir: str | Path | None = None, seed: in
     run_dir = Path(run_dir)
     data = runs.read_run_config(run_dir)
     config = config_from_json(data)
-    env_spec = EnvSpec(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in data["env_spec"].items()})
+    env_spec = EnvSpec(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in data["env_spec"].items()}
+    )
     if checkpoint_dir is None:
         found = checkpoint.list_checkpoints(run_dir / runs.CHECKPOINT_DIR)
         if not found:

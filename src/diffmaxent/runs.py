@@ -91,7 +91,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     """Rows of ``metrics.csv`` as floats (missing values become NaN)."""
     with (Path(run_dir) / METRICS_FILE).open() as f:
         return [
-            {k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(f)
+            {k: float(v) if v != "" else math.nan for k, v in row.items()}
+            for row in csv.DictReader(f)
         ]
 
 

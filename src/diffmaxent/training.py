@@ -225,7 +225,7 @@ def train(
     force: bool = False,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train ``algo`` on ``env`` and write a run directory (the Python twin of ``diffmaxent train``).
+    """Train ``algo`` on ``env`` and write a run directory (mirrors ``diffmaxent train``).
 
     Args:
         algo: a name from ``diffmaxent.ALGOS``.
@@ -277,14 +277,23 @@ def _off_policy_loop(
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     state = agent.init(init_key)
-    buffer = ReplayBuffer(min(loop.buffer_size, config.steps), env_spec.obs_dim, env_spec.action_dim)
+    buffer = ReplayBuffer(
+        min(loop.buffer_size, config.steps), env_spec.obs_dim, env_spec.action_dim
+    )
 
     example = zeros_batch(
         env_spec.obs_dim, env_spec.action_dim, loop.batch_size, loop.updates_per_step
     )
     metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
-    columns = ["env_step", "wall_seconds", "eval_return_mean", "eval_return_std",
-               "train_episode_return", "updates", *metric_names]
+    columns = [
+        "env_step",
+        "wall_seconds",
+        "eval_return_mean",
+        "eval_return_std",
+        "train_episode_return",
+        "updates",
+        *metric_names,
+    ]
     log = runs.MetricsLog(run_dir / runs.METRICS_FILE, columns)
     checkpoints = run_dir / runs.CHECKPOINT_DIR
     bar = _Progress(config.steps, progress, f"{config.algo} {config.env}")
@@ -325,22 +334,26 @@ def _off_policy_loop(
                 )
                 eval_mean, eval_std = float(returns.mean()), float(returns.std())
                 elapsed = time.perf_counter() - start
-                log.append({
-                    "env_step": step,
-                    "wall_seconds": round(elapsed, 3),
-                    "eval_return_mean": eval_mean,
-                    "eval_return_std": eval_std,
-                    "train_episode_return": last_episode_return,
-                    "updates": num_updates,
-                    **{name: float(value) for name, value in metrics.items()},
-                })
+                log.append(
+                    {
+                        "env_step": step,
+                        "wall_seconds": round(elapsed, 3),
+                        "eval_return_mean": eval_mean,
+                        "eval_return_std": eval_std,
+                        "train_episode_return": last_episode_return,
+                        "updates": num_updates,
+                        **{name: float(value) for name, value in metrics.items()},
+                    }
+                )
                 checkpoint.save(
                     checkpoint.step_directory(checkpoints, step),
                     state,
                     {"env_step": step, "algo": config.algo, "config": config.to_json(env_spec)},
                 )
                 checkpoint.prune(checkpoints, loop.checkpoint_keep)
-                runs.plot_curve(log.rows, run_dir / runs.CURVE_FILE, f"{config.algo} on {config.env}")
+                runs.plot_curve(
+                    log.rows, run_dir / runs.CURVE_FILE, f"{config.algo} on {config.env}"
+                )
                 bar.report(step, config.steps, eval_mean, step / max(elapsed, 1e-9))
     finally:
         bar.close()

@@ -77,7 +77,9 @@ class RescaledEnv(gym.Wrapper):
         return self._flat(obs), info
 
     def step(self, action: np.ndarray):
-        env_action = self.env_spec.to_env_action(np.asarray(action).reshape(self.action_space.shape))
+        env_action = self.env_spec.to_env_action(
+            np.asarray(action).reshape(self.action_space.shape)
+        )
         obs, reward, terminated, truncated, info = self.env.step(
             env_action.astype(self.env.action_space.dtype)
         )
@@ -113,7 +115,8 @@ def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> RescaledEnv
         **kwargs: passed to ``gymnasium.make``.
 
     Returns:
-        A :class:`RescaledEnv`: observations ``[obs_dim]`` float32, actions in [-1, 1]^action_dim.
+        A :class:`RescaledEnv`: observations ``[obs_dim]`` float32 (Dict observations are
+        flattened in Gymnasium's order, i.e. sorted by key), actions in [-1, 1]^action_dim.
 
     Raises:
         UsageError: for an unknown id, a module that cannot be imported or a missing simulator

@@ -18,7 +18,7 @@ makes the environment a direct test of whether a policy keeps several behaviour 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,7 @@ def nearest_goal(position: np.ndarray) -> tuple[int, float]:
 class MultiGoalEnv(gym.Env):
     """2-D point mass with four goals; ``info["goal"]`` is the reached goal's index or -1."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self) -> None:
         self.observation_space = gym.spaces.Box(
@@ -70,11 +70,18 @@ class MultiGoalEnv(gym.Env):
         action = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
         position = np.clip(self._position + action, -POSITION_LIMIT, POSITION_LIMIT)
         self._position = position.astype(np.float32)
-        reward = -(ACTUATION_COST * float(np.sum(action**2)) + DISTANCE_COST * float(
-            distance_cost(self._position)
-        ))
+        reward = -(
+            ACTUATION_COST * float(np.sum(action**2))
+            + DISTANCE_COST * float(distance_cost(self._position))
+        )
         goal, distance = nearest_goal(self._position)
         terminated = distance < GOAL_THRESHOLD
         if terminated:
             reward += GOAL_REWARD
-        return self._position.copy(), reward, terminated, False, {"goal": goal if terminated else -1}
+        return (
+            self._position.copy(),
+            reward,
+            terminated,
+            False,
+            {"goal": goal if terminated else -1},
+        )

@@ -1,0 +1,151 @@
+"""Contracts: no retracing, determinism, checkpoint round-trip, the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import diffmaxent
+from diffmaxent import checkpoint, runs
+from diffmaxent.agents import ALGOS
+from diffmaxent.buffer import ReplayBuffer
+from diffmaxent.envs import make_env
+from diffmaxent.training import resolve_config
+
+SMALL = {
+    "hidden_dims": "32,32",
+    "batch_size": 32,
+    "learning_starts": 100,
+    "eval_every": 150,
+    "eval_episodes": 2,
+}
+
+
+def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, overrides=None):
+    config = resolve_config(
+        algo, env_id, overrides={**SMALL, "updates_per_step": updates_per_step, **(overrides or {})}
+    )
+    env = make_env(env_id, seed=0)
+    agent = ALGOS[algo].make(config.agent, env.env_spec)
+    buffer = ReplayBuffer(500, env.env_spec.obs_dim, env.env_spec.action_dim)
+    obs, _ = env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        action = rng.uniform(-1, 1, env.env_spec.action_dim).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated, truncated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    return agent, buffer, config
+
+
+def test_update_and_act_do_not_retrace():
+    agent, buffer, config = _agent_and_batches()
+    state = agent.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        batches = buffer.sample(rng, config.loop.batch_size, config.loop.updates_per_step)
+        state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
+        agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), False)
+        agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), True)
+    assert agent.update._cache_size() == 1
+    assert agent.act._cache_size() == 2  # one trace per value of the static `deterministic`
+    assert int(state.step) == 8  # two gradient steps per call, scanned
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_truncated_flag_does_not_change_the_update_but_terminated_does():
+    agent, buffer, _config = _agent_and_batches(updates_per_step=1)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = buffer.sample(np.random.default_rng(0), 32, 1)
+    key = jax.random.PRNGKey(5)
+    base = agent.update(state, batch._replace(truncated=np.ones_like(batch.truncated)), key)[1]
+    same = agent.update(state, batch._replace(truncated=np.zeros_like(batch.truncated)), key)[1]
+    ended = agent.update(state, batch._replace(terminated=np.ones_like(batch.terminated)), key)[1]
+    assert float(base["critic_loss"]) == float(same["critic_loss"])
+    assert float(base["critic_loss"]) != float(ended["critic_loss"])
+
+
+def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
+    agent, buffer, _config = _agent_and_batches()
+    state = agent.init(jax.random.PRNGKey(0))
+    state, _ = agent.update(
+        state, buffer.sample(np.random.default_rng(0), 32, 2), jax.random.PRNGKey(1)
+    )
+    checkpoint.save(tmp_path / "ckpt", state, {"env_step": 1})
+    restored = checkpoint.restore(tmp_path / "ckpt", agent.init(jax.random.PRNGKey(42)))
+    obs = buffer.obs[:16]
+    for deterministic in (True, False):
+        np.testing.assert_array_equal(
+            agent.act(state, obs, jax.random.PRNGKey(3), deterministic),
+            agent.act(restored, obs, jax.random.PRNGKey(3), deterministic),
+        )
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state, restored)
+    # Plain arrays and JSON only: nothing pickled.
+    with np.load(tmp_path / "ckpt" / "state.npz", allow_pickle=False) as data:
+        assert len(data.files) == len(jax.tree_util.tree_leaves(state))
+    json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+
+
+def _short_run(out, seed=0):
+    return diffmaxent.train(
+        "sac", "Pendulum-v1", steps=300, seed=seed, out=out, overrides=SMALL, progress=False
+    )
+
+
+def test_same_seed_gives_identical_metrics_and_actions(tmp_path):
+    first = _short_run(tmp_path / "a")
+    second = _short_run(tmp_path / "b")
+    other = _short_run(tmp_path / "c", seed=1)
+
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
+
+    assert without_time(runs.read_metrics(first.run_dir)) == without_time(
+        runs.read_metrics(second.run_dir)
+    )
+    assert without_time(runs.read_metrics(first.run_dir)) != without_time(
+        runs.read_metrics(other.run_dir)
+    )
+    obs = np.zeros((4, 3), np.float32)
+    a, b = diffmaxent.load(first.run_dir), diffmaxent.load(second.run_dir)
+    np.testing.assert_array_equal(a.act(obs), b.act(obs))
+
+
+def test_run_directory_contents_and_python_api(tmp_path):
+    result = _short_run(tmp_path / "run")
+    run_dir = result.run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algo"] == "sac" and config["env"] == "Pendulum-v1"
+    assert config["agent"]["hidden_dims"] == [32, 32] and config["loop"]["batch_size"] == 32
+    assert config["agent"]["gamma"] == 0.99  # every value resolved, not only the overrides
+    rows = runs.read_metrics(run_dir)
+    assert [r["env_step"] for r in rows] == [150, 300]
+    for column in (
+        "wall_seconds",
+        "eval_return_mean",
+        "eval_return_std",
+        "critic_loss",
+        "entropy",
+        "temperature",
+    ):
+        assert column in rows[0]
+    assert np.isfinite(rows[-1]["critic_loss"])
+    assert (run_dir / "curve.png").stat().st_size > 1000
+    assert [p.name for p in checkpoint.list_checkpoints(run_dir / "checkpoints")] == [
+        "step_000000150",
+        "step_000000300",
+    ]
+
+    agent = diffmaxent.load(run_dir)
+    assert agent.env_step == 300
+    single = agent.act(np.zeros(3, np.float32))
+    batch = agent.act(np.zeros((5, 3), np.float32), deterministic=True)
+    assert single.shape == (1,) and batch.shape == (5, 1)
+    assert np.all(np.abs(batch) <= 2.0) and np.all(np.abs(single) <= 2.0)  # Pendulum's bounds
+    many = agent.act(np.random.default_rng(0).normal(size=(256, 3)).astype(np.float32))
+    assert np.abs(many).max() > 1.0  # env scale, not [-1, 1]
+    with pytest.raises(ValueError, match="obs of shape"):
+        agent.act(np.zeros(4, np.float32))
