@@ -71,6 +71,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "--stochastic", dest="deterministic", action="store_false", help="sampled actions"
     )
 
+    bench = commands.add_parser("bench", help="time one update and one env step of an agent")
+    bench.add_argument("--algo", default=training.DEFAULT_ALGO)
+    bench.add_argument("--env", default=training.DEFAULT_ENV)
+    bench.add_argument("--preset", default=training.DEFAULT_PRESET)
+    bench.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a hyperparameter (repeatable)",
+    )
+    bench.add_argument(
+        "--repeats",
+        default=10,
+        type=_int("--repeats"),
+        help="timed calls per measurement (the median is reported)",
+    )
+
     commands.add_parser("algos", help="list the algorithms")
     presets = commands.add_parser("presets", help="list an algorithm's presets and hyperparameters")
     presets.add_argument("algo")
@@ -140,6 +159,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from diffmaxent.bench import run_bench
+    from diffmaxent.config import parse_assignments
+
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be a positive integer, got {args.repeats}")
+    result = run_bench(
+        args.algo,
+        args.env,
+        preset=args.preset,
+        overrides=parse_assignments(args.assignments),
+        repeats=args.repeats,
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
 def _cmd_algos(args: argparse.Namespace) -> int:
     from diffmaxent.agents import ALGOS
 
@@ -183,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {
             "train": _cmd_train,
             "eval": _cmd_eval,
+            "bench": _cmd_bench,
             "algos": _cmd_algos,
             "presets": _cmd_presets,
         }[args.command]

@@ -24,12 +24,15 @@ class Agent(NamedTuple):
     * ``update(state, batch, key) -> (state, metrics)``: ``batch`` has leading shape
       ``[num_updates, batch_size]``; one gradient step per leading index, run with ``lax.scan``.
 
-    ``act`` and ``update`` are jitted; ``deterministic`` is static.
+    ``act`` and ``update`` are jitted; ``deterministic`` is static. ``phases`` names the parts
+    of one gradient step, each a jitted ``fn(state, batch [B, ...], key)``, so that
+    ``diffmaxent bench`` can report where the time goes.
     """
 
     init: Callable[[jax.Array], Any]
     act: Callable[..., jax.Array]
     update: Callable[..., tuple[Any, Metrics]]
+    phases: Mapping[str, Callable[..., Any]] = {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,7 +194,16 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
     def update(state: SACState, batch: Batch, key: jax.Array) -> tuple[SACState, Metrics]:
         return scan_updates(gradient_step, state, batch, key)
 
-    return Agent(init=init, act=act, update=update)
+    def critic_step(state: SACState, batch: Batch, key: jax.Array):
+        return jax.grad(critic_loss_fn, has_aux=True)(state.critic_params, state, batch, key)
+
+    def actor_step(state: SACState, batch: Batch, key: jax.Array):
+        return jax.grad(actor_loss_fn, has_aux=True)(
+            state.actor_params, state.critic_params, state.log_temperature, batch.obs, key
+        )
+
+    phases = {"critic step": jax.jit(critic_step), "actor step": jax.jit(actor_step)}
+    return Agent(init=init, act=act, update=update, phases=phases)
 
 
 ALGO = AlgoSpec(
