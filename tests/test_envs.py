@@ -138,3 +138,17 @@ def test_multigoal_truncates_after_30_steps():
         _, _, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
         assert not terminated
         assert truncated == (step == 30)
+
+
+def test_goal_statistics_and_trajectory_figure(tmp_path):
+    from diffmaxent.envs.multigoal import goal_statistics, plot_trajectories
+
+    infos = [{"goal": 0}, {"goal": 0}, {"goal": 2}, {"goal": -1}, {"goal": 3}]
+    stats = goal_statistics(infos)
+    assert stats["goals_reached"] == 3 and stats["goal_episodes"] == 4
+    assert stats["max_goal_share"] == pytest.approx(0.5)
+    assert [stats[f"goal_{i}"] for i in range(4)] == [2, 0, 1, 1]
+    assert np.isnan(goal_statistics([{"goal": -1}])["max_goal_share"])
+    path = tmp_path / "t.png"
+    plot_trajectories([np.array([[0.0, 0.0], [1.0, 0.5], [4.8, 0.1]])], str(path), "test")
+    assert path.stat().st_size > 5000

@@ -147,9 +147,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         loaded.config.loop.eval_deterministic if args.deterministic is None else args.deterministic
     )
     env = make_env(loaded.config.env, seed=args.seed + EVAL_SEED_OFFSET)
-    returns, _ = evaluate(
+    returns = evaluate(
         loaded.agent, loaded.state, env, args.episodes, jax.random.PRNGKey(args.seed), deterministic
-    )
+    ).returns
     env.close()
     mode = "deterministic" if deterministic else "stochastic"
     print(

@@ -17,7 +17,15 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
 CURVE_FILE = "curve.png"
 # Everything a run writes; --force removes exactly these and leaves other files alone.
-RUN_ARTIFACTS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, CURVE_FILE, "trajectories.png")
+SUMMARY_FILE = "summary.json"
+RUN_ARTIFACTS = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    CHECKPOINT_DIR,
+    CURVE_FILE,
+    SUMMARY_FILE,
+    "trajectories.png",
+)
 
 
 def holds_run(directory: Path) -> bool:

@@ -32,6 +32,7 @@ from diffmaxent.config import (
     replace_validated,
     to_json_dict,
 )
+from diffmaxent.envs import ENV_REPORTS
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
 from diffmaxent.errors import UsageError
 
@@ -154,6 +155,14 @@ class TrainResult:
     eval_return_mean: float
     eval_return_std: float
     metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+@dataclasses.dataclass
+class Evaluation:
+    returns: np.ndarray  # [episodes]
+    last_infos: list[dict[str, Any]]  # each episode's final info
+    trajectories: list[np.ndarray]  # each [steps + 1, obs_dim] when recorded, else empty
 
 
 def evaluate(
@@ -163,11 +172,13 @@ def evaluate(
     episodes: int,
     key: jax.Array,
     deterministic: bool,
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Run ``episodes`` full episodes; return their returns and each episode's last info."""
-    returns, last_infos = [], []
+    record: bool = False,
+) -> Evaluation:
+    """Run ``episodes`` full episodes; ``record`` keeps every episode's observations."""
+    returns, last_infos, trajectories = [], [], []
     for _ in range(episodes):
         obs, info = env.reset()
+        visited = [obs]
         total, done = 0.0, False
         while not done:
             key, act_key = jax.random.split(key)
@@ -175,9 +186,13 @@ def evaluate(
             obs, reward, terminated, truncated, info = env.step(action)
             total += reward
             done = terminated or truncated
+            if record:
+                visited.append(obs)
         returns.append(total)
         last_infos.append(info)
-    return np.asarray(returns, dtype=np.float64), last_infos
+        if record:
+            trajectories.append(np.stack(visited))
+    return Evaluation(np.asarray(returns, dtype=np.float64), last_infos, trajectories)
 
 
 class _Progress:
@@ -285,6 +300,8 @@ def _off_policy_loop(
         env_spec.obs_dim, env_spec.action_dim, loop.batch_size, loop.updates_per_step
     )
     metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
+    report = ENV_REPORTS.get(config.env)
+    report_names = list(report.summarize([])) if report else []
     columns = [
         "env_step",
         "wall_seconds",
@@ -292,6 +309,7 @@ def _off_policy_loop(
         "eval_return_std",
         "train_episode_return",
         "updates",
+        *report_names,
         *metric_names,
     ]
     log = runs.MetricsLog(run_dir / runs.METRICS_FILE, columns)
@@ -329,10 +347,11 @@ def _off_policy_loop(
 
             if step % loop.eval_every == 0 or step == config.steps:
                 key, eval_key = jax.random.split(key)
-                returns, _ = evaluate(
+                evaluation = evaluate(
                     agent, state, eval_env, loop.eval_episodes, eval_key, loop.eval_deterministic
                 )
-                eval_mean, eval_std = float(returns.mean()), float(returns.std())
+                eval_mean = float(evaluation.returns.mean())
+                eval_std = float(evaluation.returns.std())
                 elapsed = time.perf_counter() - start
                 log.append(
                     {
@@ -342,6 +361,7 @@ def _off_policy_loop(
                         "eval_return_std": eval_std,
                         "train_episode_return": last_episode_return,
                         "updates": num_updates,
+                        **(report.summarize(evaluation.last_infos) if report else {}),
                         **{name: float(value) for name, value in metrics.items()},
                     }
                 )
@@ -357,4 +377,20 @@ def _off_policy_loop(
                 bar.report(step, config.steps, eval_mean, step / max(elapsed, 1e-9))
     finally:
         bar.close()
-    return TrainResult(run_dir, eval_mean, eval_std, log.rows)
+    summary: dict[str, Any] = {"eval_return_mean": eval_mean, "eval_return_std": eval_std}
+    if report is not None:
+        # The figure shows the policy's own samples (stochastic), as in the MaxEntDP paper.
+        key, plot_key = jax.random.split(key)
+        sampled = evaluate(agent, state, eval_env, report.plot_episodes, plot_key, False, True)
+        report.plot(
+            sampled.trajectories,
+            str(run_dir / report.plot_file),
+            f"{config.algo}: {report.plot_episodes} sampled episodes after {config.steps} steps",
+        )
+        summary["stochastic_episodes"] = {
+            "episodes": report.plot_episodes,
+            "return_mean": float(sampled.returns.mean()),
+            **report.summarize(sampled.last_infos),
+        }
+    runs.write_json(run_dir / runs.SUMMARY_FILE, summary)
+    return TrainResult(run_dir, eval_mean, eval_std, log.rows, summary)

@@ -85,3 +85,51 @@ class MultiGoalEnv(gym.Env):
             False,
             {"goal": goal if terminated else -1},
         )
+
+
+def goal_statistics(last_infos: list[dict[str, Any]]) -> dict[str, float]:
+    """Mode coverage of a set of evaluation episodes, from each episode's last ``info``.
+
+    Returns ``goals_reached`` (distinct goals), ``goal_episodes`` (episodes that reached any goal),
+    ``max_goal_share`` (the largest fraction of those taken by one goal; NaN if none) and
+    ``goal_<i>`` counts.
+    """
+    goals = [int(info.get("goal", -1)) for info in last_infos]
+    counts = [goals.count(i) for i in range(len(GOAL_POSITIONS))]
+    reached = sum(counts)
+    stats: dict[str, float] = {
+        "goals_reached": float(sum(c > 0 for c in counts)),
+        "goal_episodes": float(reached),
+        "max_goal_share": max(counts) / reached if reached else float("nan"),
+    }
+    stats.update({f"goal_{i}": float(c) for i, c in enumerate(counts)})
+    return stats
+
+
+def plot_trajectories(trajectories: list[np.ndarray], path: str, title: str) -> None:
+    """Draw position trajectories (each ``[steps + 1, 2]``) over the cost landscape, like Fig. 1
+    of the MaxEntDP paper: contours of the squared distance to the nearest goal, goals in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(-POSITION_LIMIT, POSITION_LIMIT, 281)
+    x, y = np.meshgrid(grid, grid)
+    cost = DISTANCE_COST * distance_cost(np.stack([x, y], axis=-1))
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    contours = ax.contour(x, y, cost, levels=15, cmap="viridis", linewidths=0.8)
+    ax.clabel(contours, inline=True, fontsize=7, fmt="%.0f")
+    for trajectory in trajectories:
+        ax.plot(trajectory[:, 0], trajectory[:, 1], color="C0", alpha=0.6, linewidth=1.0)
+    ax.plot(
+        GOAL_POSITIONS[:, 0], GOAL_POSITIONS[:, 1], "o", color="red", markersize=8, label="goals"
+    )
+    ax.set_xlim(-POSITION_LIMIT, POSITION_LIMIT)
+    ax.set_ylim(-POSITION_LIMIT, POSITION_LIMIT)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
