@@ -22,12 +22,22 @@ SMALL = {
     "eval_every": 150,
     "eval_episodes": 2,
 }
+# Per-algorithm settings that keep a contract test to seconds; every registered algo needs one.
+TINY = {
+    "sac": {},
+    "maxentdp": {
+        "num_qne_samples": 8,
+        "num_diffusion_steps": 3,
+        "num_logprob_levels": 3,
+        "num_logprob_samples": 2,
+        "eval_candidates": 3,
+    },
+}
 
 
 def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, overrides=None):
-    config = resolve_config(
-        algo, env_id, overrides={**SMALL, "updates_per_step": updates_per_step, **(overrides or {})}
-    )
+    values = {**SMALL, **TINY[algo], "updates_per_step": updates_per_step, **(overrides or {})}
+    config = resolve_config(algo, env_id, overrides=values)
     env = make_env(env_id, seed=0)
     agent = ALGOS[algo].make(config.agent, env.env_spec)
     buffer = ReplayBuffer(500, env.env_spec.obs_dim, env.env_spec.action_dim)
@@ -41,8 +51,9 @@ def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, ove
     return agent, buffer, config
 
 
-def test_update_and_act_do_not_retrace():
-    agent, buffer, config = _agent_and_batches()
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_update_and_act_do_not_retrace(algo):
+    agent, buffer, config = _agent_and_batches(algo)
     state = agent.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     for i in range(4):
@@ -56,8 +67,9 @@ def test_update_and_act_do_not_retrace():
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
-def test_truncated_flag_does_not_change_the_update_but_terminated_does():
-    agent, buffer, _config = _agent_and_batches(updates_per_step=1)
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_truncated_flag_does_not_change_the_update_but_terminated_does(algo):
+    agent, buffer, _config = _agent_and_batches(algo, updates_per_step=1)
     state = agent.init(jax.random.PRNGKey(0))
     batch = buffer.sample(np.random.default_rng(0), 32, 1)
     key = jax.random.PRNGKey(5)
@@ -68,8 +80,9 @@ def test_truncated_flag_does_not_change_the_update_but_terminated_does():
     assert float(base["critic_loss"]) != float(ended["critic_loss"])
 
 
-def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
-    agent, buffer, _config = _agent_and_batches()
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_checkpoint_round_trip_gives_identical_actions(tmp_path, algo):
+    agent, buffer, _config = _agent_and_batches(algo)
     state = agent.init(jax.random.PRNGKey(0))
     state, _ = agent.update(
         state, buffer.sample(np.random.default_rng(0), 32, 2), jax.random.PRNGKey(1)
@@ -89,16 +102,18 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path):
     json.loads((tmp_path / "ckpt" / "meta.json").read_text())
 
 
-def _short_run(out, seed=0):
+def _short_run(out, seed=0, algo="sac", env_id="Pendulum-v1"):
+    overrides = {**SMALL, **TINY[algo]}
     return diffmaxent.train(
-        "sac", "Pendulum-v1", steps=300, seed=seed, out=out, overrides=SMALL, progress=False
+        algo, env_id, steps=300, seed=seed, out=out, overrides=overrides, progress=False
     )
 
 
-def test_same_seed_gives_identical_metrics_and_actions(tmp_path):
-    first = _short_run(tmp_path / "a")
-    second = _short_run(tmp_path / "b")
-    other = _short_run(tmp_path / "c", seed=1)
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_same_seed_gives_identical_metrics_and_actions(tmp_path, algo):
+    first = _short_run(tmp_path / "a", algo=algo)
+    second = _short_run(tmp_path / "b", algo=algo)
+    other = _short_run(tmp_path / "c", seed=1, algo=algo)
 
     def without_time(rows):
         return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
@@ -149,3 +164,13 @@ def test_run_directory_contents_and_python_api(tmp_path):
     assert np.abs(many).max() > 1.0  # env scale, not [-1, 1]
     with pytest.raises(ValueError, match="obs of shape"):
         agent.act(np.zeros(4, np.float32))
+
+
+def test_maxentdp_multigoal_run_writes_goal_columns_and_trajectories(tmp_path):
+    result = _short_run(tmp_path / "mg", algo="maxentdp", env_id="MultiGoal-v0")
+    rows = runs.read_metrics(result.run_dir)
+    assert {"goals_reached", "max_goal_share", "qne_ess", "entropy"} <= set(rows[0])
+    assert (result.run_dir / "trajectories.png").stat().st_size > 5000
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["stochastic_episodes"]["episodes"] == 50
+    assert 0 <= summary["stochastic_episodes"]["goals_reached"] <= 4

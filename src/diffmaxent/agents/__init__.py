@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from diffmaxent.agents import sac
+from diffmaxent.agents import maxentdp, sac
 from diffmaxent.agents.common import Agent, AlgoSpec
 from diffmaxent.errors import UsageError
 
-ALGOS: dict[str, AlgoSpec] = {spec.name: spec for spec in (sac.ALGO,)}
+ALGOS: dict[str, AlgoSpec] = {spec.name: spec for spec in (sac.ALGO, maxentdp.ALGO)}
 
 
 def get_algo(name: str) -> AlgoSpec:

@@ -1,0 +1,373 @@
+"""MaxEntDP: maximum-entropy RL with a diffusion policy (Dong et al., 2025; Algorithm 1).
+
+Soft actor-critic with a diffusion policy, represented by its noise predictor eps_phi(a_t, lam, s):
+
+* policy evaluation (Alg. 1 lines 11-15): ``a' ~ pi(.|s')`` by solving the reverse diffusion
+  (eq. 5), ``log pi(a'|s')`` by numerical integration over noise levels (Theorem 6, eq. 21), and a
+  soft target ``r + gamma (min_i Q'_i(s', a') - beta log pi(a'|s'))`` (eq. 2);
+* policy improvement (lines 16-18): noise a replay action, ``a_t ~ N(alpha a, sigma^2 I)``, and
+  regress ``eps_phi`` onto the Q-weighted noise estimate (eqs. 14-18) with truncated Gaussian
+  candidates so every candidate stays in the action box;
+* target critics by Polyak averaging (line 19);
+* evaluation with best-of-M action selection by Q (Sec. 3.3, "Action Selection for inference").
+
+Paper vs official code (the default is the paper's; the code's behaviour is an option):
+
+* sampler: the paper's probability-flow ODE (``sampler=ddim``); the code's stochastic DDPM
+  ancestral sampler with x0 clipping is ``sampler=ddpm``;
+* log-probability: the paper's rectangle rule (eq. 21, ``logprob_rule=rectangle``, T=20, N=50);
+  the ``cpu`` preset uses Gauss-Legendre nodes in log-SNR (``gauss_legendre``), which is far less
+  biased for narrow policies at a fraction of the cost (docs/benchmarks.md); the code's x0
+  clipping inside the estimator is ``logprob_clip_x0=true``;
+* QNE weights and best-of-M selection use the target critics, as the code does (the paper does not
+  say); ``qne_target_critic=false`` uses the online critics;
+* the code decays the actor learning rate with a cosine over 2M updates (not in the paper):
+  ``actor_lr_decay_steps=2000000``; the default keeps it constant;
+* the noise network has no normalisation in the code (``layer_norm=false``); the ``cpu`` preset
+  turns LayerNorm on, without which a small network barely learns (notes/cpu-feasibility.md).
+
+``temperature=auto`` is the paper's stated future work: beta is tuned towards ``target_entropy``
+using the same log-probability estimate the critic target already computes (no extra cost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from diffmaxent import diffusion
+from diffmaxent.agents.common import (
+    Agent,
+    AlgoSpec,
+    initial_log_temperature,
+    polyak_update,
+    scan_updates,
+    td_target,
+    temperature_is_auto,
+    temperature_step,
+)
+from diffmaxent.config import AUTO, hp
+from diffmaxent.diffusion import NoiseNet
+from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.nn import EnsembleCritic
+from diffmaxent.types import Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxEntDPConfig:
+    """MaxEntDP hyperparameters; defaults are the paper's (Tables B2-B3)."""
+
+    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
+    tau: float = hp(0.005, "Polyak step of the target critics", low=0.0, high=1.0)
+    actor_lr: float = hp(3e-4, "noise-network Adam learning rate", low=0.0, low_open=True)
+    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
+    hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of noise net and critics", low=1)
+    temperature: float | Literal["auto"] = hp(
+        0.1, "beta: a number, or auto to tune it towards target_entropy", low=0.0, low_open=True
+    )
+    init_temperature: float = hp(0.1, "initial beta when temperature=auto", low=0.0, low_open=True)
+    temperature_lr: float = hp(3e-4, "beta Adam learning rate (auto)", low=0.0, low_open=True)
+    target_entropy: float | Literal["auto"] = hp(
+        AUTO, "entropy target for temperature=auto; auto means -|A|"
+    )
+    num_qne_samples: int = hp(500, "K: candidates per state in Q-weighted noise estimation", low=1)
+    score_target: Literal["qne", "idem", "qsm"] = hp(
+        "qne", "policy target: qne (paper), idem or qsm (the paper's ablation, Fig. 3)"
+    )
+    qne_target_critic: bool = hp(True, "weight QNE candidates (and eval choices) by target critics")
+    num_diffusion_steps: int = hp(20, "sampler steps per action", low=1)
+    sampler: Literal["ddim", "ddpm", "dpm_solver_2m"] = hp(
+        "ddim", "ddim = probability-flow ODE (paper); ddpm = official stochastic sampler"
+    )
+    logprob_rule: Literal["rectangle", "gauss_legendre"] = hp(
+        "rectangle", "log-prob quadrature: rectangle (paper eq. 21) or gauss_legendre (log-SNR)"
+    )
+    num_logprob_levels: int = hp(20, "T: noise levels of the log-prob integral", low=1)
+    num_logprob_samples: int = hp(50, "N: noise samples per level in the log-prob", low=1)
+    logprob_antithetic: bool = hp(False, "pair each log-prob noise sample with its negation")
+    logprob_clip_x0: bool = hp(False, "clip the implied clean action in the log-prob (code)")
+    entropy_backup: bool = hp(True, "include -beta log pi(a'|s') in the critic target")
+    eval_candidates: int = hp(10, "M: best-of-M by Q for deterministic actions (1 = sample)", low=1)
+    layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
+    actor_lr_decay_steps: int = hp(
+        0, "cosine-decay the actor lr over this many updates (0 = off)", low=0
+    )
+
+
+class MaxEntDPState(struct.PyTreeNode):
+    actor_params: dict
+    critic_params: dict
+    target_critic_params: dict
+    log_temperature: jax.Array
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    temperature_opt_state: optax.OptState
+    step: jax.Array
+
+
+def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
+    """Build MaxEntDP's pure ``init`` / ``act`` / ``update`` for one env."""
+    action_dim = spec.action_dim
+    noise_net = NoiseNet(action_dim, config.hidden_dims, layer_norm=config.layer_norm)
+    critic = EnsembleCritic(config.hidden_dims, num_critics=2)
+    actor_lr = (
+        optax.cosine_decay_schedule(config.actor_lr, config.actor_lr_decay_steps)
+        if config.actor_lr_decay_steps
+        else config.actor_lr
+    )
+    actor_optimizer = optax.adam(actor_lr)
+    critic_optimizer = optax.adam(config.critic_lr)
+    temperature_optimizer = optax.adam(config.temperature_lr)
+    learn_temperature = temperature_is_auto(config.temperature)
+    target_entropy = (
+        -float(action_dim) if config.target_entropy == AUTO else float(config.target_entropy)
+    )
+
+    def init(key: jax.Array) -> MaxEntDPState:
+        actor_key, critic_key = jax.random.split(key)
+        obs = jnp.zeros((1, spec.obs_dim), jnp.float32)
+        action = jnp.zeros((1, action_dim), jnp.float32)
+        actor_params = noise_net.init(actor_key, obs, action, jnp.zeros((1,)))
+        critic_params = critic.init(critic_key, obs, action)
+        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        return MaxEntDPState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_critic_params=critic_params,
+            log_temperature=log_temperature,
+            actor_opt_state=actor_optimizer.init(actor_params),
+            critic_opt_state=critic_optimizer.init(critic_params),
+            temperature_opt_state=temperature_optimizer.init(log_temperature),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def eps_fn(actor_params, obs):
+        return lambda noisy_action, log_snr: noise_net.apply(
+            actor_params, obs, noisy_action, log_snr
+        )
+
+    def sample_actions(actor_params, obs: jax.Array, key: jax.Array) -> jax.Array:
+        """``a ~ pi(.|s)`` (eq. 5), clipped to the action box: obs ``[..., obs_dim]`` ->
+        ``[..., A]``."""
+        action = diffusion.sample(
+            eps_fn(actor_params, obs),
+            key,
+            (*obs.shape[:-1], action_dim),
+            sampler=config.sampler,
+            num_steps=config.num_diffusion_steps,
+        )
+        return jnp.clip(action, -1.0, 1.0)
+
+    def policy_log_prob(actor_params, obs: jax.Array, action: jax.Array, key) -> jax.Array:
+        """``log pi(a|s)`` by numerical integration (Theorem 6): ``[B, A]`` -> ``[B]``."""
+        return diffusion.log_prob(
+            eps_fn(actor_params, obs),
+            key,
+            action,
+            logprob_rule=config.logprob_rule,
+            num_levels=config.num_logprob_levels,
+            num_samples=config.num_logprob_samples,
+            antithetic=config.logprob_antithetic,
+            clip_x0=config.logprob_clip_x0,
+        )
+
+    def soft_target(state: MaxEntDPState, batch: Batch, key: jax.Array):
+        """Alg. 1 lines 12-14: the soft Bellman target and the entropy estimate it used."""
+        sample_key, logprob_key = jax.random.split(key)
+        next_action = sample_actions(state.actor_params, batch.next_obs, sample_key)
+        next_q = critic.apply(state.target_critic_params, batch.next_obs, next_action).min(0)
+        next_log_prob = policy_log_prob(
+            state.actor_params, batch.next_obs, next_action, logprob_key
+        )
+        temperature = jnp.exp(state.log_temperature)
+        next_value = next_q - temperature * next_log_prob if config.entropy_backup else next_q
+        target = td_target(batch.reward, batch.terminated, next_value, config.gamma)
+        return jax.lax.stop_gradient(target), jax.lax.stop_gradient(-next_log_prob)
+
+    def critic_loss_fn(critic_params, batch: Batch, target: jax.Array):
+        """Alg. 1 line 15: mean squared soft Bellman error of each critic."""
+        q = critic.apply(critic_params, batch.obs, batch.action)
+        loss = jnp.sum(jnp.mean((q - target) ** 2, axis=-1))
+        return loss, q
+
+    def qne_target(state: MaxEntDPState, critic_params, batch: Batch, key: jax.Array):
+        """Alg. 1 lines 16-17: noise the replay action at a uniform time and estimate the noise
+        target exp(Q/beta) implies (eq. 17, or the iDEM / QSM alternatives)."""
+        level_key, noise_key, target_key = jax.random.split(key, 3)
+        log_snr = diffusion.sample_log_snr(level_key, batch.action.shape[:-1])
+        alpha = diffusion.alpha_from_log_snr(log_snr)[..., None]
+        sigma = diffusion.sigma_from_log_snr(log_snr)[..., None]
+        noisy_action = alpha * batch.action + sigma * jax.random.normal(
+            noise_key, batch.action.shape
+        )
+        q_params = state.target_critic_params if config.qne_target_critic else critic_params
+
+        def q_fn(obs, actions):
+            return critic.apply(q_params, obs, actions).min(0)
+
+        target, metrics = diffusion.noise_target(
+            target_key,
+            batch.obs,
+            noisy_action,
+            log_snr,
+            q_fn,
+            temperature=jnp.exp(state.log_temperature),
+            num_samples=config.num_qne_samples,
+            score_target=config.score_target,
+        )
+        return noisy_action, log_snr, target, metrics
+
+    def actor_loss_fn(actor_params, obs, noisy_action, log_snr, target):
+        """Eq. 18: regress the noise prediction onto the estimated target."""
+        prediction = noise_net.apply(actor_params, obs, noisy_action, log_snr)
+        return jnp.mean((prediction - target) ** 2)
+
+    def gradient_step(state: MaxEntDPState, batch: Batch, key: jax.Array):
+        target_key, qne_key = jax.random.split(key)
+        target, entropy = soft_target(state, batch, target_key)
+        (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+            state.critic_params, batch, target
+        )
+        updates, critic_opt_state = critic_optimizer.update(
+            critic_grads, state.critic_opt_state, state.critic_params
+        )
+        critic_params = optax.apply_updates(state.critic_params, updates)
+
+        noisy_action, log_snr, noise_target, qne_metrics = qne_target(
+            state, critic_params, batch, qne_key
+        )
+        actor_loss, actor_grads = jax.value_and_grad(actor_loss_fn)(
+            state.actor_params, batch.obs, noisy_action, log_snr, noise_target
+        )
+        updates, actor_opt_state = actor_optimizer.update(
+            actor_grads, state.actor_opt_state, state.actor_params
+        )
+        actor_params = optax.apply_updates(state.actor_params, updates)
+        target_critic_params = polyak_update(state.target_critic_params, critic_params, config.tau)
+
+        log_temperature, temperature_opt_state = temperature_step(
+            state.log_temperature,
+            state.temperature_opt_state,
+            temperature_optimizer,
+            entropy,
+            target_entropy,
+            learn_temperature,
+        )
+        new_state = MaxEntDPState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_critic_params=target_critic_params,
+            log_temperature=log_temperature,
+            actor_opt_state=actor_opt_state,
+            critic_opt_state=critic_opt_state,
+            temperature_opt_state=temperature_opt_state,
+            step=state.step + 1,
+        )
+        metrics = {
+            "critic_loss": critic_loss,
+            "q_mean": q.mean(),
+            "actor_loss": actor_loss,
+            "entropy": entropy.mean(),
+            "temperature": jnp.exp(log_temperature),
+            **{f"qne_{name}": value for name, value in qne_metrics.items()},
+        }
+        return new_state, metrics
+
+    def best_of_candidates(state: MaxEntDPState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        """Sample M candidates per state and keep the one with the highest min-Q."""
+        obs_m = jnp.broadcast_to(
+            obs[:, None, :], (obs.shape[0], config.eval_candidates, obs.shape[-1])
+        )
+        candidates = sample_actions(state.actor_params, obs_m, key)
+        q_params = state.target_critic_params if config.qne_target_critic else state.critic_params
+        q = critic.apply(q_params, obs_m, candidates).min(0)
+        best = jnp.argmax(q, axis=-1)
+        return jnp.take_along_axis(candidates, best[:, None, None], axis=1)[:, 0]
+
+    @functools.partial(jax.jit, static_argnames="deterministic")
+    def act(state: MaxEntDPState, obs: jax.Array, key: jax.Array, deterministic: bool):
+        """``deterministic=True`` is the paper's evaluation mode: best of ``eval_candidates``
+        samples by Q (a single sample when M = 1); otherwise one sample of the policy."""
+        if deterministic and config.eval_candidates > 1:
+            return best_of_candidates(state, obs, key)
+        return sample_actions(state.actor_params, obs, key)
+
+    @jax.jit
+    def update(state: MaxEntDPState, batch: Batch, key: jax.Array):
+        return scan_updates(gradient_step, state, batch, key)
+
+    def critic_gradient(state, batch, key):
+        # The target's cost is its own phase; a stand-in target isolates the gradient step.
+        return jax.grad(critic_loss_fn, has_aux=True)(state.critic_params, batch, batch.reward)
+
+    def qne_actor_step(state, batch, key):
+        noisy_action, log_snr, target, _ = qne_target(state, state.critic_params, batch, key)
+        return jax.grad(actor_loss_fn)(state.actor_params, batch.obs, noisy_action, log_snr, target)
+
+    def log_prob_only(state, batch, key):
+        return policy_log_prob(state.actor_params, batch.next_obs, batch.action, key)
+
+    phases = {
+        "critic target incl. log-prob": jax.jit(soft_target),
+        "  of which log-prob": jax.jit(log_prob_only),
+        "critic gradient step": jax.jit(critic_gradient),
+        "QNE actor step": jax.jit(qne_actor_step),
+    }
+    return Agent(init=init, act=act, update=update, phases=phases)
+
+
+# Table B1: beta per Gym MuJoCo task; other envs keep the config default (the code's 0.1).
+PAPER_TEMPERATURES = {
+    "Ant": 0.05,
+    "HalfCheetah": 0.2,
+    "Hopper": 0.05,
+    "Humanoid": 0.02,
+    "Swimmer": 0.01,
+    "Walker2d": 0.01,
+}
+
+
+def paper_preset(env_id: str) -> dict:
+    """The paper's settings (K=500, T=20, N=50, M=10, batch 256, 10k random steps) with beta
+    from Table B1 for the six Gym MuJoCo tasks."""
+    values: dict = {"learning_starts": 10_000, "batch_size": 256, "eval_every": 10_000}
+    task = env_id.split(":")[-1].split("-")[0]
+    if task in PAPER_TEMPERATURES:
+        values["temperature"] = PAPER_TEMPERATURES[task]
+    return values
+
+
+def cpu_preset(env_id: str) -> dict:
+    """Small K, T, N and batch, LayerNorm and Gauss-Legendre log-prob: about 30 ms per update on
+    2 CPU cores; learns Pendulum-v1 and MultiGoal-v0."""
+    values: dict = {
+        "batch_size": 128,
+        "num_qne_samples": 32,
+        "num_diffusion_steps": 10,
+        "sampler": "dpm_solver_2m",
+        "logprob_rule": "gauss_legendre",
+        "num_logprob_levels": 6,
+        "num_logprob_samples": 4,
+        "logprob_antithetic": True,
+        "layer_norm": True,
+        "learning_starts": 1_000,
+        "eval_every": 1_000,
+    }
+    if env_id == "MultiGoal-v0":
+        values.update({"temperature": 5.0})
+    return values
+
+
+ALGO = AlgoSpec(
+    name="maxentdp",
+    description="MaxEntDP: diffusion policy, Q-weighted noise estimation, numerical log-prob",
+    config_cls=MaxEntDPConfig,
+    make=make,
+    presets={"paper": paper_preset, "cpu": cpu_preset},
+)
