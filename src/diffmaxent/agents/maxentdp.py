@@ -354,7 +354,6 @@ def cpu_preset(env_id: str) -> dict:
         "logprob_rule": "gauss_legendre",
         "num_logprob_levels": 6,
         "num_logprob_samples": 4,
-        "logprob_antithetic": True,
         "layer_norm": True,
         "learning_starts": 1_000,
         "eval_every": 1_000,
