@@ -32,6 +32,14 @@ TINY = {
         "num_logprob_samples": 2,
         "eval_candidates": 3,
     },
+    "dime": {
+        "critic_hidden_dims": "32,32",
+        "num_diffusion_steps": 3,
+        "time_dim": 16,
+        "num_frequencies": 8,
+        "num_atoms": 11,
+    },
+    "crossq": {"critic_hidden_dims": "32,32", "num_atoms": 11},
 }
 
 

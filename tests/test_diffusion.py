@@ -101,15 +101,20 @@ def test_noise_net_broadcasts_state_and_log_snr_over_leading_dims():
             net.apply(params, obs, x2, lam[:, :1, 0]),
             net.apply(params, obs, x2, jnp.float32(2.0)),
             net.apply(params, obs, x2, jnp.full((4,), 2.0)),
+            net.apply(params, obs, x, jnp.broadcast_to(lam[:1, :1, :], (4, 6, 7))),
+            net.apply(params, obs, x, lam[:1, :1, :]),
         )
 
-    out, flat, per_row, column, scalar, full = variants(params, obs, x, lam)
+    out, flat, per_row, column, scalar, full, levels, compact = variants(params, obs, x, lam)
     assert out.shape == (4, 6, 7, 3)
     # Same numbers as the explicit flattened batch with the state repeated (float32 rounding).
     np.testing.assert_allclose(out.reshape(-1, 3), flat, rtol=1e-5, atol=1e-6)
-    # log_snr as [B], [B, 1] or a scalar.
-    np.testing.assert_allclose(per_row, column, rtol=1e-6)
-    np.testing.assert_allclose(scalar, full, rtol=1e-6)
+    # log_snr as [B], [B, 1] or a scalar; and one level per node passed compactly ([1, 1, T],
+    # as the samplers and the log-prob do) or fully broadcast. The factorised first layer sums in
+    # a different order in each case, hence float32-rounding tolerances.
+    np.testing.assert_allclose(per_row, column, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scalar, full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(levels, compact, rtol=1e-5, atol=1e-6)
 
 
 def test_noise_net_layer_norm_option():
@@ -425,7 +430,8 @@ def test_log_prob_calls_the_network_once_on_all_levels():
     estimate = jax.jit(functools.partial(log_prob, eps_fn, num_levels=6, num_samples=4))
     out = estimate(jax.random.key(3), actions)
     assert out.shape == (5,) and bool(jnp.all(jnp.isfinite(out)))
-    assert shapes == [((5, 4, 6, 2), (5, 4, 6))]
+    # One call; the levels arrive compact (one per node), broadcastable to [B, N, T].
+    assert shapes == [((5, 4, 6, 2), (1, 1, 6))]
     # Extra leading dims of the actions are kept; antithetic pairs need an even sample count.
     eps_fn = gaussian_eps_fn(0.0, 0.5)
     estimate = jax.jit(functools.partial(log_prob, eps_fn, num_levels=6, num_samples=4))

@@ -43,8 +43,25 @@ class MLP(nn.Module):
         return x
 
 
+def left_align(x: jax.Array, rank: int, trailing_dims: int) -> jax.Array:
+    """Give ``x [*lead_x, *trail]`` exactly ``rank`` leading axes by appending size-1 axes after
+    ``lead_x``, so that ``obs [B, obs_dim]`` lines up with ``action [B, K, A]`` (NumPy's rule
+    aligns from the right and would not). Nothing is broadcast yet."""
+    lead_x = x.ndim - trailing_dims
+    if lead_x > rank:
+        raise ValueError(f"cannot align shape {x.shape} to {rank} leading axes")
+    return x.reshape(x.shape[:lead_x] + (1,) * (rank - lead_x) + x.shape[lead_x:])
+
+
 class QNetwork(nn.Module):
-    """Q(s, a): an MLP on the concatenation ``[obs, action]``; returns shape ``[B]``."""
+    """Q(s, a): an MLP on ``[obs, action]``; ``obs [..., obs_dim]`` may have fewer leading axes
+    than ``action [..., A]`` (left-aligned: ``obs [B, d]`` with ``action [B, K, A]``). Returns the
+    action's leading shape.
+
+    The first layer is written ``W_s s + W_a a``, the same function as a Dense layer on the
+    concatenation, with the state term computed once per state before broadcasting: scoring K
+    candidate actions per state (QNE, best-of-M) then costs K action projections, not K state
+    projections (a large saving for high-dimensional states)."""
 
     hidden_dims: Sequence[int]
     activation: str = "relu"
@@ -52,8 +69,15 @@ class QNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        x = jnp.concatenate([obs, action], axis=-1)
-        return MLP(self.hidden_dims, 1, self.activation, self.layer_norm)(x)[..., 0]
+        obs = left_align(obs, action.ndim - 1, 1)
+        width = self.hidden_dims[0]
+        x = nn.Dense(width, use_bias=False, name="input_obs")(obs) + nn.Dense(
+            width, name="input_action"
+        )(action)
+        if self.layer_norm:
+            x = nn.LayerNorm()(x)
+        x = ACTIVATIONS[self.activation](x)
+        return MLP(self.hidden_dims[1:], 1, self.activation, self.layer_norm)(x)[..., 0]
 
 
 class EnsembleCritic(nn.Module):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from diffmaxent.agents import maxentdp, sac
+from diffmaxent.agents import crossq, dime, maxentdp, sac
 from diffmaxent.agents.common import Agent, AlgoSpec
 from diffmaxent.errors import UsageError
 
-ALGOS: dict[str, AlgoSpec] = {spec.name: spec for spec in (sac.ALGO, maxentdp.ALGO)}
+ALGOS: dict[str, AlgoSpec] = {
+    spec.name: spec for spec in (sac.ALGO, maxentdp.ALGO, dime.ALGO, crossq.ALGO)
+}
 
 
 def get_algo(name: str) -> AlgoSpec:

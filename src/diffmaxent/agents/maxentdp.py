@@ -152,13 +152,16 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
             actor_params, obs, noisy_action, log_snr
         )
 
-    def sample_actions(actor_params, obs: jax.Array, key: jax.Array) -> jax.Array:
-        """``a ~ pi(.|s)`` (eq. 5), clipped to the action box: obs ``[..., obs_dim]`` ->
-        ``[..., A]``."""
+    def sample_actions(
+        actor_params, obs: jax.Array, key: jax.Array, num_per_state: int | None = None
+    ) -> jax.Array:
+        """``a ~ pi(.|s)`` (eq. 5), clipped to the action box: obs ``[B, obs_dim]`` ->
+        ``[B, A]``, or ``[B, num_per_state, A]``."""
+        extra = () if num_per_state is None else (num_per_state,)
         action = diffusion.sample(
             eps_fn(actor_params, obs),
             key,
-            (*obs.shape[:-1], action_dim),
+            (*obs.shape[:-1], *extra, action_dim),
             sampler=config.sampler,
             num_steps=config.num_diffusion_steps,
         )
@@ -281,12 +284,9 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
 
     def best_of_candidates(state: MaxEntDPState, obs: jax.Array, key: jax.Array) -> jax.Array:
         """Sample M candidates per state and keep the one with the highest min-Q."""
-        obs_m = jnp.broadcast_to(
-            obs[:, None, :], (obs.shape[0], config.eval_candidates, obs.shape[-1])
-        )
-        candidates = sample_actions(state.actor_params, obs_m, key)
+        candidates = sample_actions(state.actor_params, obs, key, config.eval_candidates)
         q_params = state.target_critic_params if config.qne_target_critic else state.critic_params
-        q = critic.apply(q_params, obs_m, candidates).min(0)
+        q = critic.apply(q_params, obs, candidates).min(0)  # obs [B, d] lines up with [B, M, A]
         best = jnp.argmax(q, axis=-1)
         return jnp.take_along_axis(candidates, best[:, None, None], axis=1)[:, 0]
 

@@ -7,6 +7,13 @@ Functions are pure and take an ``eps_fn(noisy_action, log_snr) -> eps`` closure,
 """
 
 from diffmaxent.diffusion.analytic import gaussian_eps_fn, gaussian_log_prob
+from diffmaxent.diffusion.dime import (
+    ControlNet,
+    DIMEPolicy,
+    DIMESample,
+    cosine_dt_shape,
+    dime_chain,
+)
 from diffmaxent.diffusion.logprob import (
     DEFAULT_LOGPROB_RULE,
     DEFAULT_NUM_LEVELS,
@@ -63,6 +70,9 @@ __all__ = [
     "SPACINGS",
     "T_MAX",
     "T_MIN",
+    "ControlNet",
+    "DIMEPolicy",
+    "DIMESample",
     "EpsFn",
     "FourierFeatures",
     "NoiseNet",
@@ -72,8 +82,10 @@ __all__ = [
     "alpha_from_log_snr",
     "broadcast_leading",
     "clip_denoiser",
+    "cosine_dt_shape",
     "ddim_sample",
     "ddpm_sample",
+    "dime_chain",
     "dpm_solver_2m_sample",
     "gaussian_eps_fn",
     "gaussian_log_prob",

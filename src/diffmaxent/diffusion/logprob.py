@@ -122,7 +122,8 @@ def log_prob(
     (see the module docstring for the derivation and the rules).
 
     ``action [..., A]`` -> ``[...]``. The noised actions ``[..., num_samples, T, A]`` go through
-    ``eps_fn`` in **one** call with ``log_snr [..., num_samples, T]``, so a network closure must
+    ``eps_fn`` in **one** call with ``log_snr`` of shape ``[1, ..., 1, T]`` (broadcastable to
+    ``[..., num_samples, T]``), so a network closure must
     broadcast its state over those axes (``NoiseNet`` does so left-aligned: pass
     ``obs [B, obs_dim]`` for ``action [B, A]``). ``num_levels`` defaults to 12 for
     ``"gauss_legendre"`` and to the paper's 20 for ``"rectangle"`` (the paper also uses
@@ -146,7 +147,8 @@ def log_prob(
     alpha = jnp.sqrt(jax.nn.sigmoid(lam))[:, None]
     sigma = jnp.sqrt(jax.nn.sigmoid(-lam))[:, None]
     noisy = alpha * action[..., None, None, :] + sigma * noise  # [..., N, T, A]
-    eps_hat = eps_fn(noisy, jnp.broadcast_to(lam, noisy.shape[:-1]))
+    # One level per node, broadcastable to [..., N, T]: the network conditions once per node.
+    eps_hat = eps_fn(noisy, lam.reshape((1,) * (noisy.ndim - 2) + (num_nodes,)))
 
     sq_error = jnp.mean(jnp.sum((noise - eps_hat) ** 2, axis=-1), axis=-2)  # [..., T]
     integrand = dim * jax.nn.sigmoid(lam) - sq_error

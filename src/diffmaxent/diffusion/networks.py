@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffmaxent.nn import MLP
+from diffmaxent.nn import ACTIVATIONS, MLP, left_align
 
 
 def broadcast_leading(x: jax.Array, leading: tuple[int, ...], trailing_dims: int) -> jax.Array:
@@ -59,6 +59,13 @@ class NoiseNet(nn.Module):
     ``[..., 1]`` with the same rank as ``noisy_action``, or a scalar) are broadcast left-aligned to
     the leading axes of ``noisy_action`` (see :func:`broadcast_leading`), so ``obs [B, obs_dim]``
     works with ``noisy_action [B, K, A]`` or ``[B, N, T, A]``. Returns ``eps [..., A]``.
+
+    Cost: the first layer is written as ``W_a a_t + W_s s + W_c cond``, the same function as a
+    Dense layer on the concatenation, but each term is computed at its input's own shape before
+    broadcasting. Samplers pass one noise level per step (``log_snr`` of shape ``[1, ..., 1]``) and
+    the log-probability one per quadrature node (``[1, ..., 1, T]``), so the time conditioning and
+    the state projection run once per level / per state instead of once per row: about 45% fewer
+    FLOPs than the concatenated form in the log-probability and the samplers.
     """
 
     action_dim: int
@@ -74,10 +81,21 @@ class NoiseNet(nn.Module):
         log_snr = jnp.asarray(log_snr, noisy_action.dtype)
         if log_snr.ndim == noisy_action.ndim:  # the [..., 1] form
             log_snr = log_snr[..., 0]
-        log_snr = broadcast_leading(log_snr, leading, 0)[..., None]
-        obs = broadcast_leading(obs, leading, 1).astype(noisy_action.dtype)
+        log_snr = left_align(log_snr, len(leading), 0)
+        obs = left_align(jnp.asarray(obs, noisy_action.dtype), len(leading), 1)
 
-        features = FourierFeatures(self.num_frequencies)(log_snr)
+        act = ACTIVATIONS[self.activation]
+        features = FourierFeatures(self.num_frequencies)(log_snr[..., None])
         cond = MLP(tuple(self.cond_dims[:-1]), self.cond_dims[-1], self.activation)(features)
-        x = jnp.concatenate([noisy_action, obs, cond], axis=-1)
-        return MLP(tuple(self.hidden_dims), self.action_dim, self.activation, self.layer_norm)(x)
+        width = self.hidden_dims[0]
+        x = (
+            nn.Dense(width, name="input_action")(noisy_action)
+            + nn.Dense(width, use_bias=False, name="input_obs")(obs)
+            + nn.Dense(width, use_bias=False, name="input_time")(cond)
+        )
+        if self.layer_norm:
+            x = nn.LayerNorm()(x)
+        x = act(x)
+        return MLP(tuple(self.hidden_dims[1:]), self.action_dim, self.activation, self.layer_norm)(
+            x
+        )

@@ -2,7 +2,8 @@
 
 Every sampler takes an ``eps_fn(noisy_action [..., A], log_snr [...]) -> eps [..., A]`` closure,
 so the same code runs with the network (``lambda x, lam: net.apply(params, obs, x, lam)``) and with
-an exact analytic denoiser in tests. ``log_snr`` is always passed broadcast to ``x.shape[:-1]``.
+an exact analytic denoiser in tests. ``log_snr`` is passed with the rank of ``x.shape[:-1]`` and
+size-1 axes (one level per step), so a network can condition on it once per step.
 
 Steps run on a grid of ``num_steps + 1`` levels from ``LOG_SNR_MIN`` (pure noise, where ``x`` starts
 as ``N(0, I)``) to ``LOG_SNR_MAX`` (``t = 1e-3``); by default it is the official grid uniform in
@@ -74,7 +75,7 @@ def _probability_flow(
         index, lam_t, lam_s = inputs
         alpha_t, sigma_t = jnp.sqrt(jax.nn.sigmoid(lam_t)), jnp.sqrt(jax.nn.sigmoid(-lam_t))
         alpha_s, sigma_s = jnp.sqrt(jax.nn.sigmoid(lam_s)), jnp.sqrt(jax.nn.sigmoid(-lam_s))
-        eps = eps_fn(x, jnp.broadcast_to(lam_t, lead))
+        eps = eps_fn(x, jnp.reshape(lam_t, (1,) * len(lead)))
         x0 = (x - sigma_t * eps) / alpha_t
         h = 0.5 * (lam_s - lam_t)
         if order == 1:
@@ -157,7 +158,7 @@ def ddpm_sample(
         one_minus_t, one_minus_s = jax.nn.sigmoid(-lam_t), jax.nn.sigmoid(-lam_s)
         # 1 - abar_t / abar_s = sigmoid(-lam_t) (1 - exp(lam_t - lam_s)), without cancellation.
         beta = -one_minus_t * jnp.expm1(lam_t - lam_s)
-        eps = eps_fn(x, jnp.broadcast_to(lam_t, lead))
+        eps = eps_fn(x, jnp.reshape(lam_t, (1,) * len(lead)))
         x0 = (x - jnp.sqrt(one_minus_t) * eps) / jnp.sqrt(abar_t)
         mean = (jnp.sqrt(abar_s) * beta / one_minus_t) * x0 + (
             jnp.sqrt(abar_t / abar_s) * one_minus_s / one_minus_t

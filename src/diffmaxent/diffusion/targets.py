@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from diffmaxent.diffusion.networks import broadcast_leading
+from diffmaxent.nn import left_align
 
 _LOG_P_DIRECT = -60.0  # below this, exp(log p) nears float32's smallest normal; solve by Newton
 
@@ -134,11 +135,11 @@ def noise_target(
     """The regression target for ``eps_phi(a_t, lam, s)`` (see the module docstring).
 
     * ``obs [..., obs_dim]``, ``noisy_action [..., A]``, ``log_snr [...]`` (or ``[..., 1]``);
-    * ``q_fn(obs [..., K, obs_dim], actions [..., K, A]) -> [..., K]``: ``obs`` arrives broadcast
-      over the candidate axis (for ``"qsm"``, ``K = 1`` and the action is ``a_t``). ``"idem"`` and
-      ``"qsm"`` differentiate ``sum(q_fn(...))`` with respect to the actions, which is the
-      per-candidate gradient only if each output depends on its own action alone (true for MLP
-      critics);
+    * ``q_fn(obs [..., 1, obs_dim], actions [..., K, A]) -> [..., K]``: ``obs`` arrives with a
+      size-1 candidate axis, broadcastable to the actions (for ``"qsm"``, ``K = 1`` and the
+      action is ``a_t``). ``"idem"`` and ``"qsm"`` differentiate ``sum(q_fn(...))`` with respect
+      to the actions, which is the per-candidate gradient only if each output depends on its own
+      action alone (true for MLP critics);
     * ``temperature``: ``beta``; ``num_samples``: ``K`` (the paper uses 500).
 
     Returns ``(target [..., A], metrics)``, the target with its gradient stopped. Metrics (means
@@ -157,7 +158,7 @@ def noise_target(
     sigma = jnp.sqrt(jax.nn.sigmoid(-lam))[..., None]
 
     if score_target == "qsm":
-        obs_one = broadcast_leading(obs, (*lead, 1), 1)
+        obs_one = left_align(obs, len(lead) + 1, 1)
         q, pullback = jax.vjp(lambda a: q_fn(obs_one, a), noisy_action[..., None, :])
         (grad,) = pullback(jnp.ones_like(q))
         target = -sigma * grad[..., 0, :] / temperature
@@ -166,7 +167,9 @@ def noise_target(
         noise, clean, nan_mask = truncated_candidate_noise(
             key, noisy_action, lam, num_samples, low, high
         )
-        obs_k = broadcast_leading(obs, (*lead, num_samples), 1)
+        # The state stays unbroadcast over candidates ([..., 1, obs_dim]); critics built on
+        # nn.QNetwork project it once per state.
+        obs_k = left_align(obs, len(lead) + 1, 1)
         if score_target == "qne":
             q = q_fn(obs_k, clean)
             weights = jax.nn.softmax(q / temperature, axis=-1)
