@@ -12,6 +12,10 @@ import pytest
 from diffmaxent.cli import main
 
 SMALL = [
+    "--algo",
+    "sac",
+    "--env",
+    "Pendulum-v1",
     "--set",
     "hidden_dims=16,16",
     "--set",

@@ -438,3 +438,25 @@ def test_log_prob_calls_the_network_once_on_all_levels():
     assert estimate(jax.random.key(4), jnp.zeros((3, 4, 2))).shape == (3, 4)
     with pytest.raises(ValueError):
         log_prob(eps_fn, jax.random.key(4), actions, antithetic=True, num_samples=3)
+
+
+@pytest.mark.parametrize("std", [1.0, 0.3, 0.05])
+def test_control_variate_keeps_the_mean_and_cuts_the_noise(std):
+    mean = jnp.array([0.2, -0.3])
+    eps_fn = gaussian_eps_fn(mean, std)
+    actions = mean + std * jax.random.normal(jax.random.key(0), (4096, 2))
+    exact = np.asarray(gaussian_log_prob(actions, mean, std))
+
+    def errors(control_variate):
+        estimate = functools.partial(
+            log_prob, eps_fn, num_levels=8, num_samples=8, control_variate=control_variate
+        )
+        return (np.asarray(jax.jit(estimate)(jax.random.key(1), actions)) - exact) / 2
+
+    plain, controlled = errors(False), errors(True)
+    # Same expected bias (<= 0.02 per dim at 8 nodes); the pooled coefficient adds O(1/32768).
+    # Measured SE of the means is <= 0.014 (plain) and <= 0.004 (control variate).
+    assert abs(controlled.mean()) < 0.03, controlled.mean()
+    assert abs(controlled.mean() - plain.mean()) < 0.05
+    # Measured: sd 0.89 -> 0.27 (std 1), 0.71 -> 0.25 (0.3), 0.42 -> 0.21 (0.05).
+    assert controlled.std() < 0.6 * plain.std(), (controlled.std(), plain.std())

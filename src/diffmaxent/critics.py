@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffmaxent.errors import UsageError
 from diffmaxent.types import Batch
 
 Head = Literal["distributional", "scalar"]
@@ -195,9 +196,12 @@ class CrossQCritic:
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
-            raise ValueError(f"unknown critic head {self.head!r}; expected one of {HEADS}")
+            raise UsageError(f"unknown critic head {self.head!r}; expected one of {HEADS}")
         if self.head == "distributional" and not (self.num_atoms >= 2 and self.v_max > self.v_min):
-            raise ValueError("a distributional critic needs num_atoms >= 2 and v_max > v_min")
+            raise UsageError(
+                f"a distributional critic needs num_atoms >= 2 and v_max > v_min, got "
+                f"num_atoms={self.num_atoms}, v_min={self.v_min}, v_max={self.v_max}"
+            )
 
     @property
     def module(self) -> BRNEnsemble:

@@ -36,9 +36,10 @@ from diffmaxent.envs import ENV_REPORTS
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
 from diffmaxent.errors import UsageError
 
-DEFAULT_ALGO = "sac"
-DEFAULT_ENV = "Pendulum-v1"
-DEFAULT_STEPS = 20_000
+# `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
+DEFAULT_ALGO = "maxentdp"
+DEFAULT_ENV = "MultiGoal-v0"
+DEFAULT_STEPS = 6_000
 DEFAULT_PRESET = "cpu"
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is seed + this, so it never replays training
 

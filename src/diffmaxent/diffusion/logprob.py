@@ -117,6 +117,7 @@ def log_prob(
     antithetic: bool = False,
     log_snr_range: tuple[float, float] | None = None,
     clip_x0: bool = False,
+    control_variate: bool = False,
 ) -> jax.Array:
     """Estimate ``log p(action)`` of the diffusion policy whose noise predictor is ``eps_fn``
     (see the module docstring for the derivation and the rules).
@@ -150,7 +151,10 @@ def log_prob(
     # One level per node, broadcastable to [..., N, T]: the network conditions once per node.
     eps_hat = eps_fn(noisy, lam.reshape((1,) * (noisy.ndim - 2) + (num_nodes,)))
 
-    sq_error = jnp.mean(jnp.sum((noise - eps_hat) ** 2, axis=-1), axis=-2)  # [..., T]
+    sq_error = jnp.sum((noise - eps_hat) ** 2, axis=-1)  # [..., N, T]
+    if control_variate:
+        sq_error = sq_error - _control_variate(noise, sq_error)
+    sq_error = jnp.mean(sq_error, axis=-2)  # [..., T]
     integrand = dim * jax.nn.sigmoid(lam) - sq_error
     constant = -0.5 * dim * math.log(2.0 * math.pi * math.e)
     estimate = constant + 0.5 * jnp.sum(weights * integrand, axis=-1)
@@ -160,3 +164,17 @@ def log_prob(
         prior = -0.5 * abar_lo * (jnp.sum(action**2, axis=-1) - dim)
         estimate = estimate + prior
     return estimate
+
+
+def _control_variate(noise: jax.Array, sq_error: jax.Array) -> jax.Array:
+    """``c_k (||eps||^2 - d)`` per level ``k``: zero in expectation, so subtracting it keeps the
+    estimate unbiased, and with ``c_k`` the regression coefficient of ``||eps - eps_hat||^2`` on
+    ``||eps||^2`` it removes the chi-square noise of ``||eps||^2``. That noise dominates at high
+    SNR, where ``eps_hat`` barely depends on ``eps`` (``c -> 1``); at low SNR ``eps_hat ~ eps``
+    and ``c -> 0``, which keeps the cancellation that a fixed replacement of ``||eps||^2`` by
+    ``d`` would destroy. ``c_k`` is pooled over every action and sample at level ``k`` (the
+    whole batch), so its own estimation error adds a bias of order 1 / (batch x samples)."""
+    centered = jnp.sum(noise**2, axis=-1) - noise.shape[-1]  # [..., N, T], mean 0
+    pooled = tuple(range(centered.ndim - 1))
+    coefficient = jnp.mean(sq_error * centered, axis=pooled) / jnp.mean(centered**2, axis=pooled)
+    return jax.lax.stop_gradient(coefficient) * centered
