@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 import diffmaxent
+from agent_helpers import tiny_agent
 from diffmaxent import checkpoint, runs
 from diffmaxent.agents import ALGOS
-from diffmaxent.buffer import ReplayBuffer
-from diffmaxent.envs import make_env
-from diffmaxent.training import resolve_config
 
 SMALL = {
     "hidden_dims": "32,32",
@@ -45,18 +43,7 @@ TINY = {
 
 def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, overrides=None):
     values = {**SMALL, **TINY[algo], "updates_per_step": updates_per_step, **(overrides or {})}
-    config = resolve_config(algo, env_id, overrides=values)
-    env = make_env(env_id, seed=0)
-    agent = ALGOS[algo].make(config.agent, env.env_spec)
-    buffer = ReplayBuffer(500, env.env_spec.obs_dim, env.env_spec.action_dim)
-    obs, _ = env.reset()
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        action = rng.uniform(-1, 1, env.env_spec.action_dim).astype(np.float32)
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated, truncated)
-        obs = env.reset()[0] if terminated or truncated else next_obs
-    return agent, buffer, config
+    return tiny_agent(algo, values, env_id)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
