@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 from diffmaxent.config import AUTO, Preset
 from diffmaxent.envs.factory import EnvSpec
@@ -45,6 +46,49 @@ class AlgoSpec:
     make: Callable[[Any, EnvSpec], Agent]
     presets: Mapping[str, Preset]
     loop: str = "off_policy"
+
+
+class ActorCriticState(struct.PyTreeNode):
+    """Parameters and optimiser states of an actor, critics with target copies, and a
+    temperature: the state of SAC-style agents (SAC, MaxEntDP)."""
+
+    actor_params: Any
+    critic_params: Any
+    target_critic_params: Any
+    log_temperature: jax.Array
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    temperature_opt_state: optax.OptState
+    step: jax.Array
+
+
+def init_actor_critic_state(
+    actor_params: Any,
+    critic_params: Any,
+    log_temperature: jax.Array,
+    actor_optimizer: optax.GradientTransformation,
+    critic_optimizer: optax.GradientTransformation,
+    temperature_optimizer: optax.GradientTransformation,
+) -> ActorCriticState:
+    """Fresh optimiser states, and target critics that start equal to the critics."""
+    return ActorCriticState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        log_temperature=log_temperature,
+        actor_opt_state=actor_optimizer.init(actor_params),
+        critic_opt_state=critic_optimizer.init(critic_params),
+        temperature_opt_state=temperature_optimizer.init(log_temperature),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def apply_gradients(
+    optimizer: optax.GradientTransformation, params: Any, opt_state: optax.OptState, grads: Any
+) -> tuple[Any, optax.OptState]:
+    """One optimiser step: ``(new_params, new_opt_state)``."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
 
 def td_target(

@@ -39,12 +39,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from diffmaxent import diffusion
 from diffmaxent.agents.common import (
+    ActorCriticState,
     Agent,
     AlgoSpec,
+    apply_gradients,
+    init_actor_critic_state,
     initial_log_temperature,
     polyak_update,
     scan_updates,
@@ -103,15 +105,7 @@ class MaxEntDPConfig:
     )
 
 
-class MaxEntDPState(struct.PyTreeNode):
-    actor_params: dict
-    critic_params: dict
-    target_critic_params: dict
-    log_temperature: jax.Array
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    temperature_opt_state: optax.OptState
-    step: jax.Array
+MaxEntDPState = ActorCriticState
 
 
 def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
@@ -139,15 +133,13 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
         actor_params = noise_net.init(actor_key, obs, action, jnp.zeros((1,)))
         critic_params = critic.init(critic_key, obs, action)
         log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
-        return MaxEntDPState(
-            actor_params=actor_params,
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            log_temperature=log_temperature,
-            actor_opt_state=actor_optimizer.init(actor_params),
-            critic_opt_state=critic_optimizer.init(critic_params),
-            temperature_opt_state=temperature_optimizer.init(log_temperature),
-            step=jnp.zeros((), jnp.int32),
+        return init_actor_critic_state(
+            actor_params,
+            critic_params,
+            log_temperature,
+            actor_optimizer,
+            critic_optimizer,
+            temperature_optimizer,
         )
 
     def eps_fn(actor_params, obs):
@@ -241,10 +233,9 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
         (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
             state.critic_params, batch, target
         )
-        updates, critic_opt_state = critic_optimizer.update(
-            critic_grads, state.critic_opt_state, state.critic_params
+        critic_params, critic_opt_state = apply_gradients(
+            critic_optimizer, state.critic_params, state.critic_opt_state, critic_grads
         )
-        critic_params = optax.apply_updates(state.critic_params, updates)
 
         noisy_action, log_snr, noise_target, qne_metrics = qne_target(
             state, critic_params, batch, qne_key
@@ -252,10 +243,9 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
         actor_loss, actor_grads = jax.value_and_grad(actor_loss_fn)(
             state.actor_params, batch.obs, noisy_action, log_snr, noise_target
         )
-        updates, actor_opt_state = actor_optimizer.update(
-            actor_grads, state.actor_opt_state, state.actor_params
+        actor_params, actor_opt_state = apply_gradients(
+            actor_optimizer, state.actor_params, state.actor_opt_state, actor_grads
         )
-        actor_params = optax.apply_updates(state.actor_params, updates)
         target_critic_params = polyak_update(state.target_critic_params, critic_params, config.tau)
 
         log_temperature, temperature_opt_state = temperature_step(
@@ -266,7 +256,7 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
             target_entropy,
             learn_temperature,
         )
-        new_state = MaxEntDPState(
+        new_state = state.replace(
             actor_params=actor_params,
             critic_params=critic_params,
             target_critic_params=target_critic_params,

@@ -15,12 +15,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from diffmaxent.agents.common import (
+    ActorCriticState,
     Agent,
     AlgoSpec,
     Metrics,
+    apply_gradients,
+    init_actor_critic_state,
     initial_log_temperature,
     polyak_update,
     scan_updates,
@@ -74,15 +76,7 @@ class GaussianActor(nn.Module):
         return mean, log_std
 
 
-class SACState(struct.PyTreeNode):
-    actor_params: dict
-    critic_params: dict
-    target_critic_params: dict
-    log_temperature: jax.Array
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    temperature_opt_state: optax.OptState
-    step: jax.Array
+SACState = ActorCriticState
 
 
 def make(config: SACConfig, spec: EnvSpec) -> Agent:
@@ -104,15 +98,13 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
         actor_params = actor.init(actor_key, obs)
         critic_params = critic.init(critic_key, obs, action)
         log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
-        return SACState(
-            actor_params=actor_params,
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            log_temperature=log_temperature,
-            actor_opt_state=actor_optimizer.init(actor_params),
-            critic_opt_state=critic_optimizer.init(critic_params),
-            temperature_opt_state=temperature_optimizer.init(log_temperature),
-            step=jnp.zeros((), jnp.int32),
+        return init_actor_critic_state(
+            actor_params,
+            critic_params,
+            log_temperature,
+            actor_optimizer,
+            critic_optimizer,
+            temperature_optimizer,
         )
 
     def sample_action(actor_params, obs, key):
@@ -143,19 +135,17 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
         critic_grads, critic_metrics = jax.grad(critic_loss_fn, has_aux=True)(
             state.critic_params, state, batch, critic_key
         )
-        updates, critic_opt_state = critic_optimizer.update(
-            critic_grads, state.critic_opt_state, state.critic_params
+        critic_params, critic_opt_state = apply_gradients(
+            critic_optimizer, state.critic_params, state.critic_opt_state, critic_grads
         )
-        critic_params = optax.apply_updates(state.critic_params, updates)
         target_critic_params = polyak_update(state.target_critic_params, critic_params, config.tau)
 
         (actor_loss, entropy), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
             state.actor_params, critic_params, state.log_temperature, batch.obs, actor_key
         )
-        updates, actor_opt_state = actor_optimizer.update(
-            actor_grads, state.actor_opt_state, state.actor_params
+        actor_params, actor_opt_state = apply_gradients(
+            actor_optimizer, state.actor_params, state.actor_opt_state, actor_grads
         )
-        actor_params = optax.apply_updates(state.actor_params, updates)
 
         log_temperature, temperature_opt_state = temperature_step(
             state.log_temperature,
@@ -165,7 +155,7 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
             target_entropy,
             learn_temperature,
         )
-        new_state = SACState(
+        new_state = state.replace(
             actor_params=actor_params,
             critic_params=critic_params,
             target_critic_params=target_critic_params,
