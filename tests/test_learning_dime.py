@@ -10,6 +10,8 @@ import pytest
 import diffmaxent
 from diffmaxent import runs
 
+MULTIGOAL_STEPS = 6_000
+
 
 def _pendulum_returns(algo: str, out, steps: int) -> list[float]:
     result = diffmaxent.train(
@@ -29,15 +31,15 @@ def _pendulum_returns(algo: str, out, steps: int) -> list[float]:
 
 
 @pytest.mark.learning
-def test_dime_reaches_minus_250_on_pendulum_within_7k_steps(tmp_path):
-    returns = _pendulum_returns("dime", tmp_path / "dime", 7_000)
+def test_dime_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
+    returns = _pendulum_returns("dime", tmp_path / "dime", 6_000)
     assert max(returns) >= -250
     assert returns[-1] >= -400  # and it has not collapsed by the end
 
 
 @pytest.mark.learning
-def test_crossq_reaches_minus_250_on_pendulum_within_7k_steps(tmp_path):
-    returns = _pendulum_returns("crossq", tmp_path / "crossq", 7_000)
+def test_crossq_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
+    returns = _pendulum_returns("crossq", tmp_path / "crossq", 6_000)
     assert max(returns) >= -250
     assert returns[-1] >= -400
 
@@ -54,6 +56,3 @@ def test_dime_keeps_several_goals_on_multigoal(tmp_path):
     print("DIME MultiGoal-v0 stochastic episodes:", summary)
     assert summary["goals_reached"] >= 3
     assert summary["max_goal_share"] <= 0.6
-
-
-MULTIGOAL_STEPS = 6_000
