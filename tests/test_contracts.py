@@ -12,6 +12,7 @@ import diffmaxent
 from agent_helpers import tiny_agent
 from diffmaxent import checkpoint, runs
 from diffmaxent.agents import ALGOS
+from dmerl_helpers import tiny_on_policy_agent
 
 SMALL = {
     "hidden_dims": "32,32",
@@ -38,21 +39,44 @@ TINY = {
         "num_atoms": 11,
     },
     "crossq": {"critic_hidden_dims": "32,32", "num_atoms": 11},
+    # On-policy: one update = 2 epochs over one minibatch of the whole rollout (2 gradient steps).
+    "ppo": {"num_envs": 2, "rollout_steps": 16, "epochs": 2},
+    "diffppo": {
+        "num_envs": 2,
+        "rollout_steps": 8,
+        "epochs": 2,
+        "num_diffusion_steps": 2,
+        "critic_hidden_dims": "32,32",
+    },
+    "diffsac": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
+    "diffwpo": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
 }
+# Replay-loop settings an on-policy algo does not have.
+OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")
+
+
+def _small(algo, values):
+    if ALGOS[algo].loop != "on_policy":
+        return values
+    return {k: v for k, v in values.items() if k not in OFF_POLICY_ONLY}
 
 
 def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, overrides=None):
     values = {**SMALL, **TINY[algo], "updates_per_step": updates_per_step, **(overrides or {})}
+    if ALGOS[algo].loop == "on_policy":  # a collected rollout stands where the buffer is
+        return tiny_on_policy_agent(algo, _small(algo, values), env_id)
     return tiny_agent(algo, values, env_id)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_update_and_act_do_not_retrace(algo):
-    agent, buffer, config = _agent_and_batches(algo)
+    agent, buffer, _config = _agent_and_batches(algo)
     state = agent.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     for i in range(4):
-        batches = buffer.sample(rng, config.loop.batch_size, config.loop.updates_per_step)
+        # SMALL's batch size and _agent_and_batches' updates_per_step (on-policy loop configs
+        # have neither: their source returns its whole rollout).
+        batches = buffer.sample(rng, SMALL["batch_size"], 2)
         state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
         agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), False)
         agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), True)
@@ -64,6 +88,10 @@ def test_update_and_act_do_not_retrace(algo):
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_truncated_flag_does_not_change_the_update_but_terminated_does(algo):
+    if ALGOS[algo].loop == "on_policy":
+        # GAE must cut the advantage trace at a truncation (the next step is a new episode);
+        # tests/test_dmerl.py checks that it still bootstraps from the real next state.
+        pytest.skip("on-policy: truncation ends the GAE trace by design")
     agent, buffer, _config = _agent_and_batches(algo, updates_per_step=1)
     state = agent.init(jax.random.PRNGKey(0))
     batch = buffer.sample(np.random.default_rng(0), 32, 1)
@@ -98,7 +126,7 @@ def test_checkpoint_round_trip_gives_identical_actions(tmp_path, algo):
 
 
 def _short_run(out, seed=0, algo="sac", env_id="Pendulum-v1"):
-    overrides = {**SMALL, **TINY[algo]}
+    overrides = _small(algo, {**SMALL, **TINY[algo]})
     return diffmaxent.train(
         algo, env_id, steps=300, seed=seed, out=out, overrides=overrides, progress=False
     )

@@ -22,6 +22,7 @@ import numpy as np
 from diffmaxent.agents import get_algo
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.envs.factory import make_env
+from diffmaxent.errors import UsageError
 from diffmaxent.training import resolve_config
 
 
@@ -124,6 +125,11 @@ def run_bench(
     seed: int = 0,
 ) -> BenchResult:
     """Time one gradient step (and each named phase the agent exposes) and one env step."""
+    if get_algo(algo).loop == "on_policy":
+        raise UsageError(
+            f"bench times replay-batch updates; {algo} is on-policy "
+            "(benchmarks/dmerl_rollout.py measures its rollouts)"
+        )
     config = resolve_config(algo, env_id, preset=preset, overrides=overrides, seed=seed)
     env = make_env(env_id, seed=seed)
     spec = env.env_spec

@@ -35,6 +35,7 @@ from diffmaxent.config import (
 from diffmaxent.envs import ENV_REPORTS
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
 from diffmaxent.errors import UsageError
+from diffmaxent.onpolicy import OnPolicyLoopConfig, on_policy_loop
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
 DEFAULT_ALGO = "maxentdp"
@@ -68,7 +69,7 @@ class ResolvedConfig:
     seed: int
     steps: int
     agent: Any
-    loop: OffPolicyLoopConfig
+    loop: OffPolicyLoopConfig | OnPolicyLoopConfig
 
     def to_json(self, env_spec: EnvSpec | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -83,6 +84,11 @@ class ResolvedConfig:
         if env_spec is not None:
             data["env_spec"] = dataclasses.asdict(env_spec)
         return data
+
+
+def loop_config_class(spec: AlgoSpec) -> type:
+    """The loop settings an algorithm uses: replay-based or on-policy (``spec.loop``)."""
+    return OnPolicyLoopConfig if spec.loop == "on_policy" else OffPolicyLoopConfig
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -110,7 +116,8 @@ def resolve_config(
     seed = _check_int("seed", seed, 0)
     values = {**preset_values(spec.presets, preset, env), **dict(overrides or {})}
     agent_names = set(field_types(spec.config_cls))
-    loop_names = set(field_types(OffPolicyLoopConfig))
+    loop_cls = loop_config_class(spec)
+    loop_names = set(field_types(loop_cls))
     unknown = sorted(set(values) - agent_names - loop_names)
     if unknown:
         accepted = ", ".join(sorted(agent_names | loop_names))
@@ -119,7 +126,7 @@ def resolve_config(
         spec.config_cls(), {k: v for k, v in values.items() if k in agent_names}
     )
     loop_config = replace_validated(
-        OffPolicyLoopConfig(), {k: v for k, v in values.items() if k in loop_names}
+        loop_cls(), {k: v for k, v in values.items() if k in loop_names}
     )
     return ResolvedConfig(algo, env, preset, seed, steps, agent_config, loop_config)
 
@@ -134,14 +141,14 @@ def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
         seed=data["seed"],
         steps=data["steps"],
         agent=replace_validated(spec.config_cls(), data["agent"]),
-        loop=replace_validated(OffPolicyLoopConfig(), data["loop"]),
+        loop=replace_validated(loop_config_class(spec)(), data["loop"]),
     )
 
 
 def hyperparameter_table(algo: str) -> list[tuple[str, str, Any, str]]:
     """``(name, type, default, help)`` for every hyperparameter of ``algo`` (agent, then loop)."""
     spec = get_algo(algo)
-    return describe_fields(spec.config_cls) + describe_fields(OffPolicyLoopConfig)
+    return describe_fields(spec.config_cls) + describe_fields(loop_config_class(spec))
 
 
 def default_run_directory(algo: str, env: str, seed: int) -> Path:
@@ -272,6 +279,9 @@ def train(
     runs.prepare_output_directory(run_dir, force)
     runs.write_json(run_dir / runs.CONFIG_FILE, config.to_json(train_env.env_spec))
     try:
+        if spec.loop == "on_policy":
+            # The loop makes its own vector of training envs; train_env gave the env spec.
+            return on_policy_loop(config, agent, train_env.env_spec, eval_env, run_dir, progress)
         return _off_policy_loop(config, spec, agent, train_env, eval_env, run_dir, progress)
     finally:
         train_env.close()

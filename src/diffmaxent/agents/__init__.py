@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from diffmaxent.agents import crossq, dime, maxentdp, sac
+from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, sac
 from diffmaxent.agents.common import Agent, AlgoSpec
 from diffmaxent.errors import UsageError
 
 ALGOS: dict[str, AlgoSpec] = {
-    spec.name: spec for spec in (sac.ALGO, maxentdp.ALGO, dime.ALGO, crossq.ALGO)
+    spec.name: spec
+    for spec in (
+        sac.ALGO,
+        maxentdp.ALGO,
+        dime.ALGO,
+        crossq.ALGO,
+        ppo.ALGO,
+        diffppo.ALGO,
+        diffsac.ALGO,
+        diffwpo.ALGO,
+    )
 }
 
 

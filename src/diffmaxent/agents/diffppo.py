@@ -1,0 +1,372 @@
+"""DiffPPO: PPO on the diffusion-augmented MDP (DMERL, Sanokowski, Patil, Knoll,
+arXiv:2512.02019; "DA-MDP: PPO" in its later version).
+
+The policy is the K-step Gaussian denoising chain of :mod:`diffmaxent.diffusion.augmented`;
+every env step is K augmented transitions ``(s, x_k, k) -> x_{k+1}``, the last of which executes
+``tanh(x_K)`` in the env. PPO then runs on augmented transitions:
+
+* **Ratio** on one Gaussian denoising kernel: ``rho = p_gen,new(x_{k+1} | x_k, s, k) /
+  p_gen,old(...)``, one network evaluation per transition (no chain is re-run).
+* **Soft reward** (the bound's per-step decomposition; ``l_k = log p_gen - log p_ref``):
+  ``paper`` (default): ``R = r 1[k = K-1] - alpha l_k`` on the step itself, so GAE's advantage
+  already contains the step's own entropy term; ``official`` (the DA-MDP code): ``R = r - gamma
+  alpha l_{k+1}`` and the *entropy-augmented advantage* ``A - alpha (l_k - mean l)``.
+* **GAE over augmented steps** with separate discounts: ``gamma`` / ``gae_lambda`` across the env
+  transition, ``denoising_gamma`` / ``denoising_lambda`` between denoising steps. The value is a
+  *diffusion value function* ``V(s, x_k, k)``; a finished env step bootstraps from
+  ``V(s', x_0', 0)``.
+* **Temperature**, both options of the sources: ``temperature=auto`` learns ``alpha`` towards a
+  target entropy on the estimate ``H = -K mean(l)`` (the official default, SAC's Lagrangian rule,
+  one Adam step per minibatch), or a fixed ``temperature`` annealed exponentially,
+  ``alpha(n) = alpha_0 (alpha_end / alpha_0)^{min(n / anneal_steps, 1)}`` over ``n`` env steps
+  (the code's ``use_temperature_decay``; our reading of the paper's "variational annealing",
+  whose text we could not read). ``anneal_steps = 0`` keeps it constant.
+
+Losses: the clipped surrogate is PPO's eq. 7 (Schulman et al. 2017) on ``rho``; the value loss is
+``0.5 (V - G)^2``, optionally clipped as in the code. Deterministic actions (evaluation) run the
+chain from ``x_0 = 0`` without noise. Differences from the code: the step sizes are fixed, not
+learned (so ``p_ref`` has no parameters and ``log p_ref`` is stored with the rollout); no
+adaptive learning rate on the KL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from diffmaxent.agents.common import (
+    AlgoSpec,
+    initial_log_temperature,
+    temperature_is_auto,
+    temperature_step,
+)
+from diffmaxent.config import AUTO, hp
+from diffmaxent.diffusion.augmented import (
+    AugmentedValue,
+    DenoisingPolicy,
+    entropy_estimate,
+    expand,
+    prior_sample,
+    soft_rewards,
+    step_discounts,
+)
+from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.onpolicy import (
+    ObsNorm,
+    OnPolicyAgent,
+    Rollout,
+    explained_variance,
+    gae,
+    minibatch_epochs,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffPPOConfig:
+    """DiffPPO hyperparameters (defaults: a CPU-sized version of the DA-MDP PPO settings)."""
+
+    gamma: float = hp(0.99, "discount across an env transition", low=0.0, high=1.0)
+    denoising_gamma: float = hp(1.0, "discount between denoising steps", low=0.0, high=1.0)
+    gae_lambda: float = hp(0.95, "GAE lambda across an env transition", low=0.0, high=1.0)
+    denoising_lambda: float = hp(1.0, "GAE lambda between denoising steps", low=0.0, high=1.0)
+    clip: float = hp(0.2, "PPO ratio clip epsilon (per denoising kernel)", low=0.0, low_open=True)
+    clip_value: bool = hp(False, "clip the value update as the official code does")
+    epochs: int = hp(10, "passes over each rollout", low=1)
+    batch_size: int = hp(512, "augmented transitions per gradient step (minibatch)", low=1)
+    actor_lr: float = hp(3e-4, "denoiser Adam learning rate", low=0.0, low_open=True)
+    critic_lr: float = hp(3e-4, "value Adam learning rate", low=0.0, low_open=True)
+    temperature_lr: float = hp(3e-3, "temperature Adam learning rate", low=0.0, low_open=True)
+    hidden_dims: tuple[int, ...] = hp((64, 64), "hidden widths of the denoiser", low=1)
+    critic_hidden_dims: tuple[int, ...] = hp((64, 64), "hidden widths of V(s, x, k)", low=1)
+    num_diffusion_steps: int = hp(4, "denoising steps K per env step", low=1)
+    prior_std: float = hp(2.5, "std of the prior latent x_0", low=0.0, low_open=True)
+    step_size: float = hp(0.125, "largest step size eta (dt / friction)", low=0.0, low_open=True)
+    min_step_fraction: float = hp(0.05, "last step size over the first", low=0.0, low_open=True)
+    step_schedule: Literal["linear", "cosine"] = hp("linear", "shape of the step sizes")
+    control: Literal["drift", "noise"] = hp(
+        "drift", "network output is the drift f (DIME) or the mean's move in noise stds"
+    )
+    temperature: float | Literal["auto"] = hp(
+        AUTO, "entropy temperature alpha: a number, or auto to learn it", low=0.0, low_open=True
+    )
+    init_temperature: float = hp(0.01, "initial alpha when learned", low=0.0, low_open=True)
+    target_entropy: float | Literal["auto"] = hp(
+        AUTO, "target of -K mean(log p_gen - log p_ref); auto means -3 |A| (official)"
+    )
+    anneal_steps: int = hp(0, "env steps to anneal a fixed alpha over (0: constant)", low=0)
+    final_temperature: float = hp(1e-5, "alpha at the end of annealing", low=0.0, low_open=True)
+    soft_reward: Literal["paper", "official"] = hp("paper", "where the entropy term sits")
+    max_grad_norm: float = hp(0.5, "global gradient-norm clip", low=0.0, low_open=True)
+    reward_scale: float = hp(1.0, "multiplies env rewards before GAE", low=0.0, low_open=True)
+    normalize_obs: bool = hp(True, "running mean/std observation normalisation")
+
+
+class DiffPPOState(struct.PyTreeNode):
+    actor_params: dict
+    critic_params: dict
+    log_temperature: jax.Array
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    temperature_opt_state: optax.OptState
+    obs_norm: ObsNorm
+    env_steps: jax.Array  # env steps seen by `update` (drives annealing)
+    step: jax.Array
+
+
+def make(config: DiffPPOConfig, spec: EnvSpec) -> OnPolicyAgent:
+    """Build DiffPPO's pure ``init`` / ``act`` / ``collect`` / ``update`` for one env."""
+    num_steps = config.num_diffusion_steps
+    policy = DenoisingPolicy(
+        spec.action_dim,
+        num_steps,
+        config.hidden_dims,
+        config.prior_std,
+        config.step_size,
+        config.min_step_fraction,
+        config.step_schedule,
+        control=config.control,
+    )
+    critic = AugmentedValue(config.critic_hidden_dims, num_steps, config.prior_std)
+    actor_optimizer = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.actor_lr)
+    )
+    critic_optimizer = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr)
+    )
+    temperature_optimizer = optax.adam(config.temperature_lr)
+    learn_temperature = temperature_is_auto(config.temperature)
+    target_entropy = (
+        -3.0 * spec.action_dim if config.target_entropy == AUTO else float(config.target_entropy)
+    )
+
+    def init(key: jax.Array) -> DiffPPOState:
+        actor_key, critic_key = jax.random.split(key)
+        actor_params = policy.init(actor_key, spec.obs_dim)
+        critic_params = critic.init(
+            critic_key,
+            jnp.zeros((1, spec.obs_dim)),
+            jnp.zeros((1, spec.action_dim)),
+            jnp.zeros((1,), jnp.int32),
+        )
+        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        return DiffPPOState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            log_temperature=log_temperature,
+            actor_opt_state=actor_optimizer.init(actor_params),
+            critic_opt_state=critic_optimizer.init(critic_params),
+            temperature_opt_state=temperature_optimizer.init(log_temperature),
+            obs_norm=ObsNorm.create(spec.obs_dim),
+            env_steps=jnp.zeros((), jnp.float32),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def temperature(state: DiffPPOState) -> jax.Array:
+        alpha = jnp.exp(state.log_temperature)
+        if learn_temperature or config.anneal_steps == 0:
+            return alpha
+        progress = jnp.minimum(state.env_steps / config.anneal_steps, 1.0)
+        return alpha * (config.final_temperature / alpha) ** progress
+
+    def loss_fn(params, batch, advantage):
+        """Clipped surrogate (PPO eq. 7) on one denoising kernel, plus the value regression."""
+        actor_params, critic_params = params
+        log_p_gen, _ = policy.log_densities(
+            actor_params, batch["obs"], batch["latent"], batch["step"], batch["next_latent"]
+        )
+        ratio = jnp.exp(log_p_gen - batch["log_p_gen"])
+        clipped = jnp.clip(ratio, 1.0 - config.clip, 1.0 + config.clip)
+        policy_loss = -jnp.mean(jnp.minimum(ratio * advantage, clipped * advantage))
+        v = critic.apply(critic_params, batch["obs"], batch["latent"], batch["step"])
+        value_loss = (v - batch["return"]) ** 2
+        if config.clip_value:
+            v_clipped = batch["value"] + jnp.clip(v - batch["value"], -config.clip, config.clip)
+            value_loss = jnp.maximum(value_loss, (v_clipped - batch["return"]) ** 2)
+        value_loss = 0.5 * jnp.mean(value_loss)
+        metrics = {
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "approx_kl": jnp.mean((ratio - 1.0) - jnp.log(ratio)),
+            "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > config.clip),
+        }
+        return policy_loss + value_loss, (metrics, log_p_gen)
+
+    def gradient_step(state: DiffPPOState, batch: dict, key: jax.Array):
+        del key
+        advantage = batch["advantage"]
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        params = (state.actor_params, state.critic_params)
+        grads, (metrics, log_p_gen) = jax.grad(loss_fn, has_aux=True)(params, batch, advantage)
+        updates, actor_opt_state = actor_optimizer.update(
+            grads[0], state.actor_opt_state, state.actor_params
+        )
+        updates_c, critic_opt_state = critic_optimizer.update(
+            grads[1], state.critic_opt_state, state.critic_params
+        )
+        entropy = entropy_estimate(jax.lax.stop_gradient(log_p_gen) - batch["log_p_ref"], num_steps)
+        log_temperature, temperature_opt_state = temperature_step(
+            state.log_temperature,
+            state.temperature_opt_state,
+            temperature_optimizer,
+            entropy,
+            target_entropy,
+            learn_temperature,
+        )
+        new_state = state.replace(
+            actor_params=optax.apply_updates(state.actor_params, updates),
+            critic_params=optax.apply_updates(state.critic_params, updates_c),
+            log_temperature=log_temperature,
+            actor_opt_state=actor_opt_state,
+            critic_opt_state=critic_opt_state,
+            temperature_opt_state=temperature_opt_state,
+            step=state.step + 1,
+        )
+        return new_state, metrics
+
+    @jax.jit
+    def collect(state: DiffPPOState, obs: jax.Array, key: jax.Array):
+        """All K denoising steps of ``B`` envs in one call: action ``[B, A]`` and the chain
+        (latents ``[K + 1, B, A]``, log-densities ``[K, B]``)."""
+        chain = policy.denoise(
+            state.actor_params, state.obs_norm.normalize(obs, config.normalize_obs), key
+        )
+        return chain.action, chain._asdict()
+
+    @functools.partial(jax.jit, static_argnames="deterministic")
+    def act(state: DiffPPOState, obs: jax.Array, key: jax.Array, deterministic: bool) -> jax.Array:
+        obs = state.obs_norm.normalize(obs, config.normalize_obs)
+        return policy.denoise(state.actor_params, obs, key, zero_noise=deterministic).action
+
+    @jax.jit
+    def update(state: DiffPPOState, rollout: Rollout, key: jax.Array):
+        boot_key, sample_key, epoch_key = jax.random.split(key, 3)
+        obs = state.obs_norm.normalize(rollout.obs, config.normalize_obs)
+        next_obs = state.obs_norm.normalize(rollout.next_obs, config.normalize_obs)
+        chain = rollout.extras
+        num_env_steps, batch = rollout.reward.shape
+        aug = expand(
+            obs,
+            chain["latents"],
+            chain["log_p_gen"],
+            chain["log_p_ref"],
+            config.reward_scale * rollout.reward,
+            rollout.terminated,
+            rollout.truncated,
+        )
+        values = critic.apply(state.critic_params, aug.obs, aug.latent, aug.step)
+        # The state after env step t is (s', x_0', 0); x_0' is the next chain's prior draw
+        # (any prior draw has the same law, so a fresh one after the rollout's end).
+        fresh = prior_sample(boot_key, (1, batch, spec.action_dim), config.prior_std)
+        boot_latent = jnp.concatenate([chain["latents"][1:, 0], fresh], axis=0)
+        zero = jnp.zeros((num_env_steps, batch), jnp.int32)
+        boot_values = critic.apply(state.critic_params, next_obs, boot_latent, zero)
+        next_values = jnp.concatenate(
+            [values.reshape(num_env_steps, num_steps, batch)[:, 1:], boot_values[:, None]],
+            axis=1,
+        ).reshape(values.shape)
+
+        alpha = jax.lax.stop_gradient(temperature(state))
+        log_ratio = aug.log_p_gen - aug.log_p_ref
+        discount = step_discounts(aug.is_last, config.gamma, config.denoising_gamma)
+        lam = jnp.where(aug.is_last > 0, config.gae_lambda, config.denoising_lambda)
+        if config.soft_reward == "official":
+            # l at the next augmented state: the chain's own next step inside an env step;
+            # after an env step one fresh kernel sample at the bootstrap state.
+            boot_mean, boot_std = policy.kernel(state.actor_params, next_obs, boot_latent, zero)
+            boot_next = boot_mean + boot_std * jax.random.normal(sample_key, boot_mean.shape)
+            boot_log_gen, boot_log_ref = policy.log_densities(
+                state.actor_params, next_obs, boot_latent, zero, boot_next
+            )
+            grid = log_ratio.reshape(num_env_steps, num_steps, batch)
+            next_log_ratio = jnp.concatenate(
+                [grid[:, 1:], (boot_log_gen - boot_log_ref)[:, None]], axis=1
+            ).reshape(log_ratio.shape)
+            rewards = soft_rewards(
+                aug.reward,
+                log_ratio,
+                alpha,
+                mode="official",
+                next_log_ratio=(1.0 - aug.terminated) * next_log_ratio,
+                discount=discount,
+            )
+        else:
+            rewards = soft_rewards(aug.reward, log_ratio, alpha, mode="paper")
+        done = jnp.maximum(aug.terminated, aug.truncated)
+        advantage, returns = gae(rewards, values, next_values, discount, lam, aug.terminated, done)
+        if config.soft_reward == "official":
+            advantage = advantage - alpha * (log_ratio - log_ratio.mean())
+
+        data = {
+            "obs": aug.obs,
+            "latent": aug.latent,
+            "step": aug.step,
+            "next_latent": aug.next_latent,
+            "log_p_gen": aug.log_p_gen,
+            "log_p_ref": aug.log_p_ref,
+            "advantage": advantage,
+            "return": returns,
+            "value": values,
+        }
+        data = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), data)
+        state, metrics = minibatch_epochs(
+            gradient_step, state, data, epoch_key, config.epochs, config.batch_size
+        )
+        state = state.replace(
+            obs_norm=state.obs_norm.update(rollout.obs),
+            env_steps=state.env_steps + num_env_steps * batch,
+        )
+        metrics["explained_variance"] = explained_variance(values, returns)
+        metrics["entropy"] = entropy_estimate(log_ratio, num_steps)
+        metrics["temperature"] = temperature(state)
+        return state, metrics
+
+    return OnPolicyAgent(init=init, act=act, collect=collect, update=update)
+
+
+ALGO = AlgoSpec(
+    name="diffppo",
+    description="DiffPPO (DMERL): PPO on the diffusion-augmented MDP, K Gaussian kernels",
+    config_cls=DiffPPOConfig,
+    make=make,
+    presets={
+        # DA-MDP PPO (notes section 1.5): K = 8, prior std 2.5, linear steps down to 0.05,
+        # friction 1, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, 16 epochs,
+        # entropy target 3 |A| below the prior, alpha from 0.002, clip 0.2, clipped value loss,
+        # grad clip 0.5, 4 x 256 denoiser; 2048 envs x 128 steps with 128 minibatches become
+        # 16 envs x 128 steps and minibatches of 512 on a CPU. The soft reward stays the
+        # paper's (soft_reward=official gives the code's).
+        "paper": {
+            "num_diffusion_steps": 8,
+            "gamma": 0.999,
+            "denoising_gamma": 0.999,
+            "gae_lambda": 0.98,
+            "denoising_lambda": 0.98,
+            "actor_lr": 1e-4,
+            "critic_lr": 1e-4,
+            "epochs": 16,
+            "batch_size": 512,
+            "hidden_dims": (256, 256, 256, 256),
+            "critic_hidden_dims": (512, 512),
+            "init_temperature": 0.002,
+            "clip_value": True,
+            "num_envs": 16,
+            "rollout_steps": 128,
+        },
+        "cpu": {
+            "gamma": 0.95,
+            "actor_lr": 1e-3,
+            "critic_lr": 1e-3,
+            "reward_scale": 0.1,
+            "num_envs": 8,
+            "rollout_steps": 256,
+            "eval_every": 20_000,
+        },
+    },
+    loop="on_policy",
+)
