@@ -91,6 +91,77 @@ def apply_gradients(
     return optax.apply_updates(params, updates), opt_state
 
 
+class CrossQStyleState(struct.PyTreeNode):
+    """State of agents on the CrossQ critic (DIME, CrossQ): no target critics, BatchRenorm
+    statistics, and a policy-delayed actor whose latest metrics are carried between its steps."""
+
+    actor_params: Any
+    critic_params: Any
+    critic_batch_stats: Any
+    log_temperature: jax.Array
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    temperature_opt_state: optax.OptState
+    actor_metrics: Any  # the latest actor step's metrics (reported between actor steps)
+    step: jax.Array
+
+
+def policy_delayed_step(
+    state: CrossQStyleState,
+    batch: Any,
+    key: jax.Array,
+    *,
+    critic_loss_fn: Callable[..., Any],
+    critic_optimizer: optax.GradientTransformation,
+    actor_step: Callable[..., Any],
+    policy_delay: int,
+) -> tuple[CrossQStyleState, Metrics]:
+    """One critic step, then the actor and temperature step on every ``policy_delay``-th call.
+
+    ``critic_loss_fn(critic_params, state, batch, key) -> (loss, (batch_stats, metrics))``;
+    ``actor_step(state, critic_params, batch_stats, obs, key) -> (actor_params, actor_opt_state,
+    log_temperature, temperature_opt_state, metrics)``. The skipped branch of ``lax.cond`` keeps
+    the actor, temperature and their last metrics unchanged.
+    """
+    critic_key, actor_key = jax.random.split(key)
+    (_, (batch_stats, critic_metrics)), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+        state.critic_params, state, batch, critic_key
+    )
+    critic_params, critic_opt_state = apply_gradients(
+        critic_optimizer, state.critic_params, state.critic_opt_state, grads
+    )
+
+    def with_actor(_):
+        return actor_step(state, critic_params, batch_stats, batch.obs, actor_key)
+
+    def without_actor(_):
+        return (
+            state.actor_params,
+            state.actor_opt_state,
+            state.log_temperature,
+            state.temperature_opt_state,
+            state.actor_metrics,
+        )
+
+    do_actor = (state.step + 1) % policy_delay == 0
+    actor_params, actor_opt_state, log_temperature, temperature_opt_state, actor_metrics = (
+        jax.lax.cond(do_actor, with_actor, without_actor, None)
+    )
+    new_state = state.replace(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        critic_batch_stats=batch_stats,
+        log_temperature=log_temperature,
+        actor_opt_state=actor_opt_state,
+        critic_opt_state=critic_opt_state,
+        temperature_opt_state=temperature_opt_state,
+        actor_metrics=actor_metrics,
+        step=state.step + 1,
+    )
+    metrics = {**critic_metrics, **actor_metrics, "temperature": jnp.exp(log_temperature)}
+    return new_state, metrics
+
+
 def td_target(
     reward: jax.Array, terminated: jax.Array, next_value: jax.Array, gamma: float
 ) -> jax.Array:

@@ -49,13 +49,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from diffmaxent.agents.common import (
     Agent,
     AlgoSpec,
+    CrossQStyleState,
     Metrics,
     initial_log_temperature,
+    policy_delayed_step,
     scan_updates,
     temperature_is_auto,
     temperature_step,
@@ -120,17 +121,7 @@ class DIMEConfig:
     )
 
 
-class DIMEState(struct.PyTreeNode):
-    actor_params: dict
-    critic_params: dict
-    critic_batch_stats: dict
-    log_temperature: jax.Array
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    temperature_opt_state: optax.OptState
-    # The latest actor step's metrics, reported on critic-only steps too (policy delay).
-    actor_metrics: dict
-    step: jax.Array
+DIMEState = CrossQStyleState
 
 
 ACTOR_METRICS = ("actor_loss", "entropy", "running_cost", "terminal_cost", "dt", "friction")
@@ -249,45 +240,13 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
         }
         return actor_params, actor_opt_state, log_temperature, temperature_opt_state, metrics
 
-    def gradient_step(state: DIMEState, batch: Batch, key: jax.Array) -> tuple[DIMEState, Metrics]:
-        critic_key, actor_key = jax.random.split(key)
-        (_, (batch_stats, critic_metrics)), grads = jax.value_and_grad(
-            critic_loss_fn, has_aux=True
-        )(state.critic_params, state, batch, critic_key)
-        updates, critic_opt_state = critic_optimizer.update(
-            grads, state.critic_opt_state, state.critic_params
-        )
-        critic_params = optax.apply_updates(state.critic_params, updates)
-
-        def with_actor(_):
-            return actor_step(state, critic_params, batch_stats, batch.obs, actor_key)
-
-        def without_actor(_):
-            return (
-                state.actor_params,
-                state.actor_opt_state,
-                state.log_temperature,
-                state.temperature_opt_state,
-                state.actor_metrics,
-            )
-
-        do_actor = (state.step + 1) % config.policy_delay == 0
-        actor_params, actor_opt_state, log_temperature, temperature_opt_state, actor_metrics = (
-            jax.lax.cond(do_actor, with_actor, without_actor, None)
-        )
-        new_state = DIMEState(
-            actor_params=actor_params,
-            critic_params=critic_params,
-            critic_batch_stats=batch_stats,
-            log_temperature=log_temperature,
-            actor_opt_state=actor_opt_state,
-            critic_opt_state=critic_opt_state,
-            temperature_opt_state=temperature_opt_state,
-            actor_metrics=actor_metrics,
-            step=state.step + 1,
-        )
-        metrics = {**critic_metrics, **actor_metrics, "temperature": jnp.exp(log_temperature)}
-        return new_state, metrics
+    gradient_step = functools.partial(
+        policy_delayed_step,
+        critic_loss_fn=critic_loss_fn,
+        critic_optimizer=critic_optimizer,
+        actor_step=actor_step,
+        policy_delay=config.policy_delay,
+    )
 
     @functools.partial(jax.jit, static_argnames="deterministic")
     def act(state: DIMEState, obs: jax.Array, key: jax.Array, deterministic: bool) -> jax.Array:
