@@ -26,6 +26,7 @@ from diffmaxent.distributions import (
     tanh_log_det,
 )
 from diffmaxent.errors import UsageError
+from diffmaxent.nn import mish
 
 # --- squashed Gaussian ----------------------------------------------------------------------------
 
@@ -85,6 +86,16 @@ def test_td_target_masks_only_termination():
     next_value = jnp.array([10.0, 10.0])
     terminated = jnp.array([1.0, 0.0])
     np.testing.assert_allclose(td_target(reward, terminated, next_value, 0.9), [1.0, 10.0])
+
+
+def test_one_exp_mish_matches_the_textbook_form_and_its_gradient():
+    x = jnp.linspace(-90.0, 90.0, 40001)
+    textbook = x * jnp.tanh(jnp.logaddexp(x, 0.0))
+    np.testing.assert_allclose(mish(x), textbook, atol=5e-6, rtol=1e-5)
+    grads = jax.vmap(jax.grad(mish))(x)
+    textbook_grads = jax.vmap(jax.grad(lambda v: v * jnp.tanh(jnp.logaddexp(v, 0.0))))(x)
+    assert np.isfinite(np.asarray(grads)).all()
+    np.testing.assert_allclose(grads, textbook_grads, atol=2e-5)
 
 
 def test_polyak_update():

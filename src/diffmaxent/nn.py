@@ -8,9 +8,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
+
+def mish(x: jax.Array) -> jax.Array:
+    """Mish, x * tanh(softplus(x)), written with one exp.
+
+    tanh(log(1 + e^x)) = n / (n + 2) with n = e^x (e^x + 2). The textbook form costs an exp, a log1p
+    and a tanh per element, which at the log-probability's 256k x 256 activations was a sixth of a
+    paper-preset MaxEntDP update on a CPU. Same values to 2e-6; above 20 mish(x) = x in float32, and
+    clamping there keeps n finite (and its gradient free of NaN).
+    """
+    e = jnp.exp(jnp.minimum(x, 20.0))
+    n = e * (e + 2.0)
+    return jnp.where(x > 20.0, x, x * n / (n + 2.0))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
-    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+    "mish": mish,
     "gelu": nn.gelu,
     "tanh": jnp.tanh,
     "elu": nn.elu,
