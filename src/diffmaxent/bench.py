@@ -21,7 +21,6 @@ import numpy as np
 
 from diffmaxent.agents import get_algo
 from diffmaxent.buffer import ReplayBuffer
-from diffmaxent.envs.factory import make_env
 from diffmaxent.errors import UsageError
 from diffmaxent.training import resolve_config
 
@@ -131,7 +130,7 @@ def run_bench(
             "(benchmarks/dmerl_rollout.py measures its rollouts)"
         )
     config = resolve_config(algo, env_id, preset=preset, overrides=overrides, seed=seed)
-    env = make_env(env_id, seed=seed)
+    env = config.make_env(seed)
     spec = env.env_spec
     agent = get_algo(algo).make(config.agent, spec)
     key = jax.random.PRNGKey(seed)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from diffmaxent.errors import UsageError
 
@@ -28,7 +30,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train an agent and write a run directory")
     train.add_argument("--algo", default=training.DEFAULT_ALGO, help="algorithm (see `algos`)")
-    train.add_argument("--env", default=training.DEFAULT_ENV, help="Gymnasium env id")
+    train.add_argument(
+        "--env",
+        default=training.DEFAULT_ENV,
+        help="env id: a Gymnasium id, dmc:DOMAIN-TASK or myo:ENV_ID",
+    )
     train.add_argument(
         "--steps", default=training.DEFAULT_STEPS, type=_int("--steps"), help="env steps"
     )
@@ -69,6 +75,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument(
         "--stochastic", dest="deterministic", action="store_false", help="sampled actions"
+    )
+    evaluate.add_argument(
+        "--video",
+        action="store_true",
+        help="render the episodes offscreen into RUN_DIR/videos/step<N>-seed<S>.mp4",
     )
 
     bench = commands.add_parser("bench", help="time one update and one env step of an agent")
@@ -134,7 +145,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
-    from diffmaxent.envs import make_env
     from diffmaxent.policy import load
     from diffmaxent.training import EVAL_SEED_OFFSET, evaluate
 
@@ -146,15 +156,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     deterministic = (
         loaded.config.loop.eval_deterministic if args.deterministic is None else args.deterministic
     )
-    env = make_env(loaded.config.env, seed=args.seed + EVAL_SEED_OFFSET)
-    returns = evaluate(
-        loaded.agent, loaded.state, env, args.episodes, jax.random.PRNGKey(args.seed), deterministic
-    ).returns
-    env.close()
+    video_note = ""
+    if args.video:
+        from diffmaxent.video import record_video
+
+        target = Path(args.run_dir) / "videos" / f"step{loaded.env_step}-seed{args.seed}.mp4"
+        path, returns, frames = record_video(
+            loaded, target, args.episodes, args.seed, deterministic
+        )
+        video_note = f"; video {path} ({frames} frames)"
+    else:
+        env = loaded.config.make_env(args.seed + EVAL_SEED_OFFSET)
+        returns = evaluate(
+            loaded.agent,
+            loaded.state,
+            env,
+            args.episodes,
+            jax.random.PRNGKey(args.seed),
+            deterministic,
+        ).returns
+        env.close()
     mode = "deterministic" if deterministic else "stochastic"
     print(
         f"{loaded.config.algo} on {loaded.config.env}, checkpoint at step {loaded.env_step}, "
         f"{args.episodes} {mode} episodes: return {returns.mean():.2f} ± {returns.std():.2f}"
+        f"{video_note}"
     )
     return 0
 
@@ -194,12 +220,14 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {spec.description}\n")
     print("presets (values that differ from the defaults below):")
     for name, preset in spec.presets.items():
+        suite = spec.preset_suites.get(name)
+        label = f"{name} [{suite} envs]" if suite else f"{name} [any env]"
         if callable(preset):
-            doc = (preset.__doc__ or "").strip().splitlines()
-            print(f"  {name}: {doc[0] if doc else 'depends on the env'}")
+            doc = " ".join((preset.__doc__ or "depends on the env").split())
+            print(f"  {label}: {doc}")
         else:
             values = ", ".join(f"{k}={v}" for k, v in preset.items()) or "(defaults)"
-            print(f"  {name}: {values}")
+            print(f"  {label}: {values}")
     print("\nhyperparameters (name, type, default, meaning):")
     name_width = max(len(r[0]) for r in rows)
     type_width = max(len(r[1]) for r in rows)
@@ -208,7 +236,28 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from diffmaxent.errors import PresetSuiteWarning
+
+    if issubclass(category, PresetSuiteWarning):
+        print(f"diffmaxent: warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from diffmaxent.errors import PresetSuiteWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PresetSuiteWarning)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = _build_parser()
     try:

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def mish(x: jax.Array) -> jax.Array:
     """Mish, x * tanh(softplus(x)), written with one exp.
 

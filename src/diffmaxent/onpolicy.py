@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -32,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from diffmaxent import checkpoint, runs
 from diffmaxent.config import hp
 from diffmaxent.envs.factory import EnvSpec, make_env
 
@@ -54,6 +52,7 @@ class OnPolicyLoopConfig:
     eval_episodes: int = hp(10, "episodes per evaluation", low=1)
     eval_deterministic: bool = hp(True, "evaluate the policy's deterministic action")
     checkpoint_keep: int = hp(3, "checkpoints kept (newest)", low=1)
+    action_repeat: int = hp(1, "env steps per agent action, rewards summed (DMC)", low=1)
 
 
 class Rollout(NamedTuple):
@@ -196,12 +195,17 @@ def explained_variance(prediction: jax.Array, target: jax.Array) -> jax.Array:
 # --- collection ----------------------------------------------------------------------------------
 
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, action_repeat: int = 1
+) -> gym.vector.SyncVectorEnv:
     """``num_envs`` copies of :func:`make_env` (env ``i`` seeded ``seed + i``) with same-step
     autoreset: the returned observation after an episode end is the reset one and
     ``info["final_obs"]`` holds the real last one."""
     return gym.vector.SyncVectorEnv(
-        [lambda i=i: make_env(env_id, seed=seed + i) for i in range(num_envs)],
+        [
+            lambda i=i: make_env(env_id, seed=seed + i, action_repeat=action_repeat)
+            for i in range(num_envs)
+        ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
@@ -299,8 +303,7 @@ def on_policy_loop(
     progress: bool | None,
 ) -> TrainResult:
     """Train ``agent`` for ``config.steps`` env steps and fill ``run_dir`` (see module doc)."""
-    from diffmaxent.envs import ENV_REPORTS
-    from diffmaxent.training import TrainResult, _Progress, evaluate
+    from diffmaxent.training import RunRecorder
 
     loop: OnPolicyLoopConfig = config.loop
     key = jax.random.PRNGKey(config.seed)
@@ -311,25 +314,11 @@ def on_policy_loop(
 
     example = example_rollout(agent, state, env_spec.obs_dim, loop.rollout_steps, loop.num_envs)
     metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
-    report = ENV_REPORTS.get(config.env)
-    report_names = list(report.summarize([])) if report else []
-    columns = [
-        "env_step",
-        "wall_seconds",
-        "eval_return_mean",
-        "eval_return_std",
-        "train_episode_return",
-        "updates",
-        *report_names,
-        *metric_names,
-    ]
-    log = runs.MetricsLog(run_dir / runs.METRICS_FILE, columns)
-    checkpoints = run_dir / runs.CHECKPOINT_DIR
-    bar = _Progress(iterations * steps_per_rollout, progress, f"{config.algo} {config.env}")
-    envs = make_vector_env(config.env, loop.num_envs, config.seed)
+    recorder = RunRecorder(
+        config, env_spec, eval_env, run_dir, metric_names, iterations * steps_per_rollout, progress
+    )
+    envs = make_vector_env(config.env, loop.num_envs, config.seed, loop.action_repeat)
     tracker = EpisodeTracker(loop.num_envs)
-    eval_mean = eval_std = math.nan
-    start = time.perf_counter()
     try:
         obs, _ = envs.reset()
         obs = np.asarray(obs, np.float32)
@@ -340,55 +329,20 @@ def on_policy_loop(
             key, update_key = jax.random.split(key)
             state, metrics = agent.update(state, rollout, update_key)
             env_step = iteration * steps_per_rollout
-            bar.advance(steps_per_rollout)
+            recorder.bar.advance(steps_per_rollout)
             passed_eval = env_step // loop.eval_every > (env_step - steps_per_rollout) // (
                 loop.eval_every
             )
             if not (passed_eval or iteration == iterations):
                 continue
             key, eval_key = jax.random.split(key)
-            evaluation = evaluate(
-                agent, state, eval_env, loop.eval_episodes, eval_key, loop.eval_deterministic
+            recorder.evaluation_point(
+                agent, state, eval_key, env_step, tracker.last, iteration, metrics
             )
-            eval_mean = float(evaluation.returns.mean())
-            eval_std = float(evaluation.returns.std())
-            elapsed = time.perf_counter() - start
-            log.append(
-                {
-                    "env_step": env_step,
-                    "wall_seconds": round(elapsed, 3),
-                    "eval_return_mean": eval_mean,
-                    "eval_return_std": eval_std,
-                    "train_episode_return": tracker.last,
-                    "updates": iteration,
-                    **(report.summarize(evaluation.last_infos) if report else {}),
-                    **{name: float(value) for name, value in metrics.items()},
-                }
-            )
-            checkpoint.save(
-                checkpoint.step_directory(checkpoints, env_step),
-                state,
-                {"env_step": env_step, "algo": config.algo, "config": config.to_json(env_spec)},
-            )
-            checkpoint.prune(checkpoints, loop.checkpoint_keep)
-            runs.plot_curve(log.rows, run_dir / runs.CURVE_FILE, f"{config.algo} on {config.env}")
-            bar.report(env_step, iterations * steps_per_rollout, eval_mean, env_step / elapsed)
+    except BaseException:
+        recorder.bar.close()
+        raise
     finally:
-        bar.close()
         envs.close()
-    summary: dict[str, Any] = {"eval_return_mean": eval_mean, "eval_return_std": eval_std}
-    if report is not None:
-        key, plot_key = jax.random.split(key)
-        sampled = evaluate(agent, state, eval_env, report.plot_episodes, plot_key, False, True)
-        report.plot(
-            sampled.trajectories,
-            str(run_dir / report.plot_file),
-            f"{config.algo}: {report.plot_episodes} sampled episodes after {env_step} steps",
-        )
-        summary["stochastic_episodes"] = {
-            "episodes": report.plot_episodes,
-            "return_mean": float(sampled.returns.mean()),
-            **report.summarize(sampled.last_infos),
-        }
-    runs.write_json(run_dir / runs.SUMMARY_FILE, summary)
-    return TrainResult(run_dir, eval_mean, eval_std, log.rows, summary)
+    key, plot_key = jax.random.split(key)
+    return recorder.finish(agent, state, plot_key, env_step)

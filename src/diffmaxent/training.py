@@ -13,7 +13,8 @@ import math
 import re
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ from diffmaxent.config import (
     replace_validated,
     to_json_dict,
 )
-from diffmaxent.envs import ENV_REPORTS
+from diffmaxent.envs import env_report, env_suite
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
-from diffmaxent.errors import UsageError
+from diffmaxent.errors import PresetSuiteWarning, UsageError
 from diffmaxent.onpolicy import OnPolicyLoopConfig, on_policy_loop
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
@@ -57,6 +58,7 @@ class OffPolicyLoopConfig:
     eval_episodes: int = hp(10, "episodes per evaluation", low=1)
     eval_deterministic: bool = hp(True, "evaluate the policy's deterministic action")
     checkpoint_keep: int = hp(3, "checkpoints kept (newest)", low=1)
+    action_repeat: int = hp(1, "env steps per agent action, rewards summed (DMC)", low=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,12 @@ class ResolvedConfig:
         if env_spec is not None:
             data["env_spec"] = dataclasses.asdict(env_spec)
         return data
+
+    def make_env(self, seed: int, render_mode: str | None = None) -> RescaledEnv:
+        """The run's env (with its action repeat), seeded ``seed``."""
+        return make_env(
+            self.env, seed=seed, action_repeat=self.loop.action_repeat, render_mode=render_mode
+        )
 
 
 def loop_config_class(spec: AlgoSpec) -> type:
@@ -115,6 +123,7 @@ def resolve_config(
     steps = _check_int("steps", steps, 1)
     seed = _check_int("seed", seed, 0)
     values = {**preset_values(spec.presets, preset, env), **dict(overrides or {})}
+    warn_if_wrong_suite(spec, preset, env)
     agent_names = set(field_types(spec.config_cls))
     loop_cls = loop_config_class(spec)
     loop_names = set(field_types(loop_cls))
@@ -129,6 +138,20 @@ def resolve_config(
         loop_cls(), {k: v for k, v in values.items() if k in loop_names}
     )
     return ResolvedConfig(algo, env, preset, seed, steps, agent_config, loop_config)
+
+
+def warn_if_wrong_suite(spec: AlgoSpec, preset: str, env: str) -> None:
+    """Warn (:class:`PresetSuiteWarning`) when ``preset`` was tuned on another suite than env's."""
+    suite = spec.preset_suites.get(preset)
+    if suite is not None and suite != env_suite(env):
+        others = [name for name, s in spec.preset_suites.items() if s == env_suite(env)]
+        hint = f"; for {env_suite(env)} envs use {' or '.join(others)}" if others else ""
+        warnings.warn(
+            f"preset {preset!r} of {spec.name} holds {suite} settings, but {env} is a "
+            f"{env_suite(env)} env{hint}",
+            PresetSuiteWarning,
+            stacklevel=3,
+        )
 
 
 def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
@@ -181,17 +204,24 @@ def evaluate(
     key: jax.Array,
     deterministic: bool,
     record: bool = False,
+    on_frame: Callable[[np.ndarray], None] | None = None,
 ) -> Evaluation:
-    """Run ``episodes`` full episodes; ``record`` keeps every episode's observations."""
+    """Run ``episodes`` full episodes; ``record`` keeps every episode's observations, and
+    ``on_frame`` receives ``env.render()`` after every reset and step (frames are streamed, not
+    kept: a 1000-step episode at 480 x 480 would hold 0.7 GB)."""
     returns, last_infos, trajectories = [], [], []
     for _ in range(episodes):
         obs, info = env.reset()
+        if on_frame is not None:
+            on_frame(env.render())
         visited = [obs]
         total, done = 0.0, False
         while not done:
             key, act_key = jax.random.split(key)
             action = np.asarray(agent.act(state, obs[None], act_key, deterministic))[0]
             obs, reward, terminated, truncated, info = env.step(action)
+            if on_frame is not None:
+                on_frame(env.render())
             total += reward
             done = terminated or truncated
             if record:
@@ -236,6 +266,116 @@ class _Progress:
             self.bar.close()
 
 
+class RunRecorder:
+    """What both training loops do at an evaluation point (evaluate, append a metrics row, save a
+    checkpoint, redraw the curve) and at the end (the env's report figure and ``summary.json``)."""
+
+    def __init__(
+        self,
+        config: ResolvedConfig,
+        env_spec: EnvSpec,
+        eval_env: RescaledEnv,
+        run_dir: Path,
+        metric_names: list[str],
+        total_steps: int,
+        progress: bool | None,
+    ) -> None:
+        self.config = config
+        self.env_spec = env_spec
+        self.eval_env = eval_env
+        self.run_dir = run_dir
+        self.report = env_report(config.env)
+        report_names = list(self.report.summarize([])) if self.report else []
+        columns = [
+            "env_step",
+            "wall_seconds",
+            "eval_return_mean",
+            "eval_return_std",
+            "train_episode_return",
+            "updates",
+            *report_names,
+            *metric_names,
+        ]
+        self.log = runs.MetricsLog(run_dir / runs.METRICS_FILE, columns)
+        self.total_steps = total_steps
+        self.bar = _Progress(total_steps, progress, f"{config.algo} {config.env}")
+        self.eval_mean = self.eval_std = math.nan
+        self.start = time.perf_counter()
+
+    def evaluation_point(
+        self,
+        agent: Any,
+        state: Any,
+        key: jax.Array,
+        env_step: int,
+        train_episode_return: float,
+        updates: int,
+        metrics: Mapping[str, Any],
+    ) -> None:
+        loop = self.config.loop
+        evaluation = evaluate(
+            agent, state, self.eval_env, loop.eval_episodes, key, loop.eval_deterministic
+        )
+        self.eval_mean = float(evaluation.returns.mean())
+        self.eval_std = float(evaluation.returns.std())
+        elapsed = time.perf_counter() - self.start
+        self.log.append(
+            {
+                "env_step": env_step,
+                "wall_seconds": round(elapsed, 3),
+                "eval_return_mean": self.eval_mean,
+                "eval_return_std": self.eval_std,
+                "train_episode_return": train_episode_return,
+                "updates": updates,
+                **(self.report.summarize(evaluation.last_infos) if self.report else {}),
+                **{name: float(value) for name, value in metrics.items()},
+            }
+        )
+        checkpoints = self.run_dir / runs.CHECKPOINT_DIR
+        checkpoint.save(
+            checkpoint.step_directory(checkpoints, env_step),
+            state,
+            {
+                "env_step": env_step,
+                "algo": self.config.algo,
+                "config": self.config.to_json(self.env_spec),
+            },
+        )
+        checkpoint.prune(checkpoints, loop.checkpoint_keep)
+        runs.plot_curve(
+            self.log.rows,
+            self.run_dir / runs.CURVE_FILE,
+            f"{self.config.algo} on {self.config.env}",
+        )
+        self.bar.report(env_step, self.total_steps, self.eval_mean, env_step / max(elapsed, 1e-9))
+
+    def finish(self, agent: Any, state: Any, key: jax.Array, env_step: int) -> TrainResult:
+        """Write the report figure (if the env has one) and ``summary.json``."""
+        self.bar.close()
+        summary: dict[str, Any] = {
+            "eval_return_mean": self.eval_mean,
+            "eval_return_std": self.eval_std,
+        }
+        report = self.report
+        if report is not None and report.plot_episodes > 0:
+            # The figure shows the policy's own samples (stochastic), as in the MaxEntDP paper.
+            sampled = evaluate(agent, state, self.eval_env, report.plot_episodes, key, False, True)
+            if report.plot is not None:
+                report.plot(
+                    sampled.trajectories,
+                    str(self.run_dir / report.plot_file),
+                    f"{self.config.algo}: {report.plot_episodes} sampled episodes "
+                    f"after {env_step} steps",
+                )
+            summary["stochastic_episodes"] = {
+                "episodes": report.plot_episodes,
+                "return_mean": float(sampled.returns.mean()),
+                **report.summarize(sampled.last_infos),
+            }
+        runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
+        return TrainResult(self.run_dir, self.eval_mean, self.eval_std, self.log.rows, summary)
+
+
 def train(
     algo: str = DEFAULT_ALGO,
     env: str = DEFAULT_ENV,
@@ -271,8 +411,8 @@ def train(
     config = resolve_config(algo, env, steps=steps, seed=seed, preset=preset, overrides=overrides)
     run_dir = Path(out) if out is not None else default_run_directory(algo, env, seed)
     runs.check_output_directory(run_dir, force)
-    train_env = make_env(env, seed=seed)
-    eval_env = make_env(env, seed=seed + EVAL_SEED_OFFSET)
+    train_env = config.make_env(seed)
+    eval_env = config.make_env(seed + EVAL_SEED_OFFSET)
     spec = get_algo(algo)
     agent = spec.make(config.agent, train_env.env_spec)
 
@@ -311,28 +451,13 @@ def _off_policy_loop(
         env_spec.obs_dim, env_spec.action_dim, loop.batch_size, loop.updates_per_step
     )
     metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
-    report = ENV_REPORTS.get(config.env)
-    report_names = list(report.summarize([])) if report else []
-    columns = [
-        "env_step",
-        "wall_seconds",
-        "eval_return_mean",
-        "eval_return_std",
-        "train_episode_return",
-        "updates",
-        *report_names,
-        *metric_names,
-    ]
-    log = runs.MetricsLog(run_dir / runs.METRICS_FILE, columns)
-    checkpoints = run_dir / runs.CHECKPOINT_DIR
-    bar = _Progress(config.steps, progress, f"{config.algo} {config.env}")
-
+    recorder = RunRecorder(
+        config, env_spec, eval_env, run_dir, metric_names, config.steps, progress
+    )
     metrics: dict[str, Any] = {}
     last_episode_return = math.nan
     episode_return = 0.0
     num_updates = 0
-    eval_mean = eval_std = math.nan
-    start = time.perf_counter()
     obs, _ = env.reset()
     try:
         for step in range(1, config.steps + 1):
@@ -354,54 +479,15 @@ def _off_policy_loop(
                 key, update_key = jax.random.split(key)
                 state, metrics = agent.update(state, batches, update_key)
                 num_updates += loop.updates_per_step
-            bar.advance()
+            recorder.bar.advance()
 
             if step % loop.eval_every == 0 or step == config.steps:
                 key, eval_key = jax.random.split(key)
-                evaluation = evaluate(
-                    agent, state, eval_env, loop.eval_episodes, eval_key, loop.eval_deterministic
+                recorder.evaluation_point(
+                    agent, state, eval_key, step, last_episode_return, num_updates, metrics
                 )
-                eval_mean = float(evaluation.returns.mean())
-                eval_std = float(evaluation.returns.std())
-                elapsed = time.perf_counter() - start
-                log.append(
-                    {
-                        "env_step": step,
-                        "wall_seconds": round(elapsed, 3),
-                        "eval_return_mean": eval_mean,
-                        "eval_return_std": eval_std,
-                        "train_episode_return": last_episode_return,
-                        "updates": num_updates,
-                        **(report.summarize(evaluation.last_infos) if report else {}),
-                        **{name: float(value) for name, value in metrics.items()},
-                    }
-                )
-                checkpoint.save(
-                    checkpoint.step_directory(checkpoints, step),
-                    state,
-                    {"env_step": step, "algo": config.algo, "config": config.to_json(env_spec)},
-                )
-                checkpoint.prune(checkpoints, loop.checkpoint_keep)
-                runs.plot_curve(
-                    log.rows, run_dir / runs.CURVE_FILE, f"{config.algo} on {config.env}"
-                )
-                bar.report(step, config.steps, eval_mean, step / max(elapsed, 1e-9))
-    finally:
-        bar.close()
-    summary: dict[str, Any] = {"eval_return_mean": eval_mean, "eval_return_std": eval_std}
-    if report is not None:
-        # The figure shows the policy's own samples (stochastic), as in the MaxEntDP paper.
-        key, plot_key = jax.random.split(key)
-        sampled = evaluate(agent, state, eval_env, report.plot_episodes, plot_key, False, True)
-        report.plot(
-            sampled.trajectories,
-            str(run_dir / report.plot_file),
-            f"{config.algo}: {report.plot_episodes} sampled episodes after {config.steps} steps",
-        )
-        summary["stochastic_episodes"] = {
-            "episodes": report.plot_episodes,
-            "return_mean": float(sampled.returns.mean()),
-            **report.summarize(sampled.last_infos),
-        }
-    runs.write_json(run_dir / runs.SUMMARY_FILE, summary)
-    return TrainResult(run_dir, eval_mean, eval_std, log.rows, summary)
+    except BaseException:
+        recorder.bar.close()
+        raise
+    key, plot_key = jax.random.split(key)
+    return recorder.finish(agent, state, plot_key, config.steps)

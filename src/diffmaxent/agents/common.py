@@ -46,6 +46,9 @@ class AlgoSpec:
     make: Callable[[Any, EnvSpec], Agent]
     presets: Mapping[str, Preset]
     loop: str = "off_policy"
+    # preset name -> the suite ("gym", "dmc", "myo") its published values were tuned on; picking
+    # it for another suite warns. Presets not listed (cpu, ...) suit any env.
+    preset_suites: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class ActorCriticState(struct.PyTreeNode):

@@ -232,6 +232,7 @@ ALGO = AlgoSpec(
     description="Gaussian SAC policy with DIME's CrossQ critic (BatchRenorm, no target network)",
     config_cls=CrossQConfig,
     make=make,
+    preset_suites={"paper-dmc": "dmc", "paper-gym": "gym", "paper-myo": "myo"},
     presets={
         "paper-dmc": {**PAPER, **_support(200.0)},
         "paper-gym": {**PAPER, **_support(1600.0)},

@@ -334,6 +334,8 @@ ALGO = AlgoSpec(
     description="DiffPPO (DMERL): PPO on the diffusion-augmented MDP, K Gaussian kernels",
     config_cls=DiffPPOConfig,
     make=make,
+    # The DA-MDP repo runs on DeepMind Control (MJX).
+    preset_suites={"paper": "dmc"},
     presets={
         # DA-MDP PPO (notes section 1.5): K = 8, prior std 2.5, linear steps down to 0.05,
         # friction 1, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, 16 epochs,

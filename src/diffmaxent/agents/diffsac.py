@@ -419,6 +419,7 @@ ALGO = AlgoSpec(
     description="DiffSAC (DMERL): SAC on the diffusion-augmented MDP, per-level soft Q",
     config_cls=DiffSACConfig,
     make=make,
+    preset_suites={"paper": "gym"},  # SAC's Gym MuJoCo settings
     presets={
         # K = 8 and the DA-MDP sampler (prior std 2.5, linear steps down to 0.05); SAC's
         # networks, rates and replay (Haarnoja et al. 2018b, Table 1).

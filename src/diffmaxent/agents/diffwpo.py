@@ -137,6 +137,8 @@ ALGO = AlgoSpec(
     description="DiffWPO (DMERL): Wasserstein policy step per denoising kernel, KL trust region",
     config_cls=DiffWPOConfig,
     make=make,
+    # The DA-MDP repo runs on DeepMind Control (MJX).
+    preset_suites={"paper": "dmc"},
     presets={
         # DA-MDP WPO (notes section 1.5): K = 8, prior std 3, linear steps down to 0.17 with
         # dt 0.125 / friction 0.25, KL bound 0.02, dual lr 6e-4, lr 1e-3; replay and critics

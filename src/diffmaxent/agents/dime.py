@@ -338,6 +338,7 @@ ALGO = AlgoSpec(
     description="DIME: diffusion policy, path-space entropy bound, CrossQ distributional critic",
     config_cls=DIMEConfig,
     make=make,
+    preset_suites={"paper-dmc": "dmc", "paper-gym": "gym", "paper-myo": "myo"},
     presets={
         "paper-dmc": {**PAPER, **_support(200.0)},
         "paper-gym": {**PAPER, **_support(1600.0)},

@@ -365,4 +365,5 @@ ALGO = AlgoSpec(
     config_cls=MaxEntDPConfig,
     make=make,
     presets={"paper": paper_preset, "cpu": cpu_preset},
+    preset_suites={"paper": "gym"},
 )

@@ -208,6 +208,8 @@ ALGO = AlgoSpec(
     description="PPO, Gaussian policy, GAE, clipped ratio (the DMERL on-policy baseline)",
     config_cls=PPOConfig,
     make=make,
+    # The DA-MDP repo runs on DeepMind Control (MJX).
+    preset_suites={"paper": "dmc"},
     presets={
         # The DA-MDP repo's PPO baseline settings where they apply to a CPU vector env.
         "paper": {

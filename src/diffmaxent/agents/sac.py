@@ -201,6 +201,7 @@ ALGO = AlgoSpec(
     description="Soft Actor-Critic, tanh-Gaussian policy, twin critics, auto temperature",
     config_cls=SACConfig,
     make=make,
+    preset_suites={"paper": "gym"},
     presets={
         # Haarnoja et al. 2018b, Table 1 (learning_starts as in their released code).
         "paper": {"learning_starts": 10_000},

@@ -1,11 +1,17 @@
 """One way to make an environment: :func:`make_env` returns a Gymnasium env whose observations are
 flat float32 vectors and whose actions live in [-1, 1]^|A|, with ``terminated`` and ``truncated``
 kept apart so that agents bootstrap through time limits.
+
+Three suites share it: Gymnasium ids (``HalfCheetah-v5``), DeepMind Control (``dmc:dog-run``, see
+:mod:`diffmaxent.envs.dmc`) and MyoSuite (``myo:myoHandReorient8-v0``).
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import dataclasses
+import logging
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -86,6 +92,70 @@ class RescaledEnv(gym.Wrapper):
         return self._flat(obs), float(reward), bool(terminated), bool(truncated), info
 
 
+class ActionRepeat(gym.Wrapper):
+    """Applies each action ``repeat`` times and sums the rewards; stops early when the episode
+    ends (``terminated`` / ``truncated`` and the last info are those of the final inner step)."""
+
+    def __init__(self, env: gym.Env, repeat: int) -> None:
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+class MyoSuccess(gym.Wrapper):
+    """Adds ``info["success"]`` to MyoSuite steps: the episode so far has been ``solved`` on at
+    least ``successful_steps`` steps, MyoSuite's own ``evaluate_success`` rule (5 steps)."""
+
+    def __init__(self, env: gym.Env, successful_steps: int = 5) -> None:
+        super().__init__(env)
+        self.successful_steps = successful_steps
+        self._solved_steps = 0
+
+    def reset(self, **kwargs):
+        self._solved_steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._solved_steps += int(bool(info.get("solved", False)))
+        info = {**info, "success": self._solved_steps >= self.successful_steps}
+        return obs, reward, terminated, truncated, info
+
+
+SUITES = ("gym", "dmc", "myo")
+MYO_PREFIX = "myo:"
+
+
+def env_suite(env_id: str) -> str:
+    """``"dmc"`` for ``dmc:`` ids, ``"myo"`` for ``myo:`` ids, else ``"gym"``."""
+    if env_id.startswith("dmc:"):
+        return "dmc"
+    if env_id.startswith(MYO_PREFIX):
+        return "myo"
+    return "gym"
+
+
+def choose_offscreen_gl() -> str | None:
+    """Pick MuJoCo's offscreen OpenGL backend when none is set and there is no display: EGL
+    (Mesa's software renderer works without a GPU), else OSMesa. Must run before dm_control or
+    a MuJoCo renderer is imported; returns the backend in use."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        for backend, library in (("egl", "EGL"), ("osmesa", "OSMesa")):
+            if ctypes.util.find_library(library):
+                os.environ["MUJOCO_GL"] = backend
+                os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+                break
+    return os.environ.get("MUJOCO_GL")
+
+
 def env_spec(env_id: str, env: gym.Env) -> EnvSpec:
     """Check that `env` has a bounded continuous action space and describe it."""
     space = env.action_space
@@ -106,13 +176,25 @@ def env_spec(env_id: str, env: gym.Env) -> EnvSpec:
     )
 
 
-def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> RescaledEnv:
-    """Make a Gymnasium env (any registered id, or ``some_module:EnvName-v0``) in our conventions.
+def make_env(
+    env_id: str,
+    seed: int | None = None,
+    *,
+    action_repeat: int = 1,
+    render_mode: str | None = None,
+    **kwargs: Any,
+) -> RescaledEnv:
+    """Make an env of any supported suite in our conventions.
 
     Args:
-        env_id: a Gymnasium id such as ``Pendulum-v1``, ``HalfCheetah-v5`` or ``MultiGoal-v0``.
+        env_id: a Gymnasium id (``Pendulum-v1``, ``HalfCheetah-v5``, ``MultiGoal-v0``,
+            ``some_module:EnvName-v0``), ``dmc:DOMAIN-TASK`` (``dmc:dog-run``; needs the ``dmc``
+            extra) or ``myo:ENV_ID`` (``myo:myoHandReorient8-v0``; needs the ``myo`` extra).
         seed: seeds the first reset and the action space's sampler.
-        **kwargs: passed to ``gymnasium.make``.
+        action_repeat: env steps per agent action, rewards summed (1 = off).
+        render_mode: ``"rgb_array"`` makes ``env.render()`` return frames ``[H, W, 3]`` uint8,
+            offscreen (EGL or OSMesa when there is no display).
+        **kwargs: passed to ``gymnasium.make`` (Gymnasium and MyoSuite ids).
 
     Returns:
         A :class:`RescaledEnv`: observations ``[obs_dim]`` float32 (Dict observations are
@@ -126,18 +208,59 @@ def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> RescaledEnv
 
     if not isinstance(env_id, str) or not env_id.strip():
         raise UsageError("env id must be a non-empty string such as Pendulum-v1")
-    try:
-        env = gym.make(env_id, **kwargs)
-    except (gym.error.Error, ImportError, AttributeError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(
-            f"unknown or unusable env id {env_id!r}: {reason} "
-            "(use a registered Gymnasium id such as Pendulum-v1 or MultiGoal-v0, "
-            "or 'module:EnvName-v0')"
-        ) from None
+    if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
+        raise UsageError(f"action_repeat must be an integer >= 1, got {action_repeat!r}")
+    if render_mode is not None:
+        choose_offscreen_gl()
+    suite = env_suite(env_id)
+    if suite == "dmc":
+        env = _make_dmc(env_id, render_mode)
+    elif suite == "myo":
+        env = MyoSuccess(_make_gym(env_id[len(MYO_PREFIX) :], env_id, render_mode, kwargs))
+    else:
+        env = _make_gym(env_id, env_id, render_mode, kwargs)
     try:
         spec = env_spec(env_id, env)
     except UsageError:
         env.close()
         raise
+    if action_repeat > 1:
+        env = ActionRepeat(env, action_repeat)
     return RescaledEnv(env, spec, seed)
+
+
+def _make_dmc(env_id: str, render_mode: str | None) -> gym.Env:
+    from diffmaxent.envs.dmc import DMCEnv, import_suite, parse_dmc_id
+
+    domain, task = parse_dmc_id(env_id)
+    choose_offscreen_gl()  # dm_control picks its GL backend when it is first imported
+    import_suite()
+    # MuJoCo 3.17 warns through absl, at every load, that the suite's XML uses `settotalmass`.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return DMCEnv(domain, task, render_mode=render_mode)
+    finally:
+        absl_logger.setLevel(level)
+
+
+def _make_gym(name: str, env_id: str, render_mode: str | None, kwargs: dict) -> gym.Env:
+    if env_id.startswith(MYO_PREFIX):
+        try:
+            import myosuite  # noqa: F401  (registers the myo* ids)
+        except ImportError:
+            raise UsageError("MyoSuite envs need myosuite: pip install 'diffmaxent[myo]'") from None
+    if render_mode is not None:
+        kwargs = {**kwargs, "render_mode": render_mode}
+    try:
+        return gym.make(name, **kwargs)
+    except (gym.error.Error, ImportError, AttributeError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = (
+            "use a registered MyoSuite id such as myo:myoHandReorient8-v0"
+            if env_id.startswith(MYO_PREFIX)
+            else "use a registered Gymnasium id such as Pendulum-v1 or MultiGoal-v0, "
+            "'module:EnvName-v0', dmc:DOMAIN-TASK or myo:ENV_ID"
+        )
+        raise UsageError(f"unknown or unusable env id {env_id!r}: {reason} ({hint})") from None
