@@ -86,8 +86,8 @@ class DMCEnv(gym.Env):
         self.max_episode_steps = int(control_steps) if np.isfinite(control_steps) else None
 
     def _flat(self, observation: dict[str, Any]) -> np.ndarray:
-        return np.concatenate(
-            [np.asarray(value, np.float32).reshape(-1) for value in observation.values()]
+        return np.concatenate([np.ravel(value) for value in observation.values()]).astype(
+            np.float32
         )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -69,8 +69,16 @@ class RescaledEnv(gym.Wrapper):
         self._pending_seed = seed
         if seed is not None:
             self.action_space.seed(seed)
+        # Per-step work is a few numpy ops: the bounds are arrays once, and Box observations
+        # skip gymnasium's generic flatten (a quarter of a fast simulator's step otherwise).
+        self._low = np.asarray(spec.action_low, np.float32)
+        self._half_range = 0.5 * (np.asarray(spec.action_high, np.float32) - self._low)
+        self._env_action_dtype = env.action_space.dtype
+        self._box_obs = isinstance(env.observation_space, gym.spaces.Box)
 
     def _flat(self, obs: Any) -> np.ndarray:
+        if self._box_obs:
+            return np.asarray(obs, dtype=np.float32).reshape(-1)
         return np.asarray(
             gym.spaces.flatten(self._original_obs_space, obs), dtype=np.float32
         ).reshape(-1)
@@ -83,11 +91,11 @@ class RescaledEnv(gym.Wrapper):
         return self._flat(obs), info
 
     def step(self, action: np.ndarray):
-        env_action = self.env_spec.to_env_action(
-            np.asarray(action).reshape(self.action_space.shape)
-        )
+        # Same map as EnvSpec.to_env_action, with the bounds precomputed.
+        unit = np.clip(np.asarray(action, np.float32).reshape(self.action_space.shape), -1.0, 1.0)
+        env_action = self._low + (unit + 1.0) * self._half_range
         obs, reward, terminated, truncated, info = self.env.step(
-            env_action.astype(self.env.action_space.dtype)
+            env_action.astype(self._env_action_dtype, copy=False)
         )
         return self._flat(obs), float(reward), bool(terminated), bool(truncated), info
 
