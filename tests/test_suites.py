@@ -323,3 +323,25 @@ def test_cli_prints_the_suite_warning_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("diffmaxent: warning: preset 'paper-gym' of dime holds gym")
     assert err[-1].startswith("diffmaxent: error: unknown DMC task")
+
+
+@pytest.mark.parametrize(
+    ("env_id", "obs_dim", "action_dim"),
+    [
+        ("Ant-v5", 105, 8),
+        ("HalfCheetah-v5", 17, 6),
+        ("Hopper-v5", 11, 3),
+        ("Humanoid-v5", 348, 17),
+        ("Swimmer-v5", 8, 2),
+        ("Walker2d-v5", 17, 6),
+    ],
+)
+def test_the_six_gym_mujoco_tasks_of_the_papers(env_id, obs_dim, action_dim):
+    env = make_env(env_id, seed=0)
+    try:
+        assert (env.env_spec.obs_dim, env.env_spec.action_dim) == (obs_dim, action_dim)
+        obs, _ = env.reset()
+        obs, reward, *_ = env.step(env.action_space.sample())
+        assert obs.shape == (obs_dim,) and obs.dtype == np.float32 and np.isfinite(reward)
+    finally:
+        env.close()

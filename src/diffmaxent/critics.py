@@ -35,8 +35,10 @@ Metrics = dict[str, jax.Array]
 def td_target(
     reward: jax.Array, terminated: jax.Array, next_value: jax.Array, gamma: float
 ) -> jax.Array:
-    """``r + gamma * (1 - terminated) * V(s')`` (as ``agents.common.td_target``; restated here so
-    that this module does not import the agents package, which imports it)."""
+    """``r + gamma * (1 - terminated) * V(s')``: only a true termination stops the bootstrap;
+    a time-limit truncation does not (the stored ``next_obs`` is the real next state).
+
+    Every agent's target uses this one function (``agents.common`` re-exports it)."""
     return reward + gamma * (1.0 - terminated) * next_value
 
 

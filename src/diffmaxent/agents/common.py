@@ -12,6 +12,7 @@ import optax
 from flax import struct
 
 from diffmaxent.config import AUTO, Preset
+from diffmaxent.critics import td_target  # noqa: F401  (re-exported: agents import it from here)
 from diffmaxent.envs.factory import EnvSpec
 
 Metrics = dict[str, jax.Array]
@@ -163,14 +164,6 @@ def policy_delayed_step(
     )
     metrics = {**critic_metrics, **actor_metrics, "temperature": jnp.exp(log_temperature)}
     return new_state, metrics
-
-
-def td_target(
-    reward: jax.Array, terminated: jax.Array, next_value: jax.Array, gamma: float
-) -> jax.Array:
-    """``r + gamma * (1 - terminated) * V(s')``: only a true termination stops the bootstrap;
-    a time-limit truncation does not (the stored ``next_obs`` is the real next state)."""
-    return reward + gamma * (1.0 - terminated) * next_value
 
 
 def polyak_update(target_params: Any, online_params: Any, tau: float) -> Any:
