@@ -27,6 +27,23 @@ def test_pendulum_spaces_dtype_and_rescaling():
     assert terminated is False and truncated is False
 
 
+def test_multigoal_frames_show_the_landscape_goals_and_the_moving_point():
+    env = make_env("MultiGoal-v0", seed=0, render_mode="rgb_array")
+    env.reset()
+    first = env.render()
+    assert first.shape == (320, 320, 3) and first.dtype == np.uint8 and first.std() > 20
+    assert tuple(first[160, 274]) == (220, 30, 30)  # goal (5, 0) is painted red
+    env.step(np.array([1.0, 1.0], np.float32))
+    second = env.render()
+    changed = np.argwhere((second != first).any(axis=-1))
+    assert len(changed) > 20
+    rows, cols = changed.mean(axis=0)
+    assert cols > 160 and rows < 160  # the point moved right and up (+x, +y)
+    plain = make_env("MultiGoal-v0")
+    plain.reset()
+    assert plain.render() is None  # no render_mode: no frames
+
+
 def test_action_rescaling_round_trip_on_asymmetric_bounds():
     env = make_env("probe_envs:Probe-v0", seed=0)
     spec = env.env_spec

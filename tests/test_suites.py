@@ -229,7 +229,9 @@ def make_obs_dim(env_id):
     return {"Hopper-v5": 11, **{k: v[0] for k, v in SUITE_ENVS.items()}}[env_id]
 
 
-@pytest.mark.parametrize("env_id", ["dmc:cheetah-run", "myo:myoHandReorient8-v0", "Hopper-v5"])
+@pytest.mark.parametrize(
+    "env_id", ["dmc:cheetah-run", "myo:myoHandReorient8-v0", "Hopper-v5", "MultiGoal-v0"]
+)
 def test_eval_video_writes_an_mp4_of_the_episodes_and_never_overwrites(env_id, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--algo", "sac", "--env", env_id, "--steps", "120", "--out", str(out)]
@@ -256,7 +258,8 @@ def test_eval_video_writes_an_mp4_of_the_episodes_and_never_overwrites(env_id, t
 
 def test_env_without_frames_gives_one_line_error(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--algo", "sac", "--env", "MultiGoal-v0", "--steps", "40", "--out", str(out)]
+    args = ["train", "--algo", "sac", "--env", "probe_envs:Probe-v0", "--steps", "40"]
+    args += ["--out", str(out)]
     args += ["--set", "learning_starts=20", "--set", "eval_every=40", "--quiet"]
     args += ["--set", "eval_episodes=1", "--set", "batch_size=16"]
     assert main(args) == 0
@@ -264,6 +267,7 @@ def test_env_without_frames_gives_one_line_error(tmp_path, capsys):
     assert main(["eval", str(out), "--video"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("diffmaxent: error: ") and "\n" not in err
+    assert "cannot render frames" in err
     assert not (out / "videos").exists() or not any((out / "videos").iterdir())
 
 

@@ -65,9 +65,14 @@ def record_video(
         try:
             frame = env.render()
         except Exception as error:  # missing GL library, pygame for classic control, ...
+            reason = _reason(error)
+            gl_hint = (
+                " (MuJoCo needs EGL or OSMesa: see the README's set-up; MUJOCO_GL selects one)"
+                if any(word in reason for word in ("GL", "gl", "display", "DISPLAY"))
+                else ""
+            )
             raise UsageError(
-                f"cannot render {loaded.config.env} offscreen: {_reason(error)} "
-                "(MuJoCo needs EGL or OSMesa: see the README's set-up; MUJOCO_GL selects one)"
+                f"cannot render {loaded.config.env} offscreen: {reason}{gl_hint}"
             ) from None
         if not isinstance(frame, np.ndarray) or frame.ndim != 3:
             raise UsageError(f"{loaded.config.env} does not render RGB frames")

@@ -263,7 +263,11 @@ def _make_gym(name: str, env_id: str, render_mode: str | None, kwargs: dict) -> 
         kwargs = {**kwargs, "render_mode": render_mode}
     try:
         return gym.make(name, **kwargs)
-    except (gym.error.Error, ImportError, AttributeError, TypeError) as error:
+    except TypeError as error:
+        if render_mode is not None and "render_mode" in str(error):
+            raise UsageError(f"{env_id} cannot render frames (it has no render_mode)") from None
+        raise UsageError(f"unknown or unusable env id {env_id!r}: {error}") from None
+    except (gym.error.Error, ImportError, AttributeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = (
             "use a registered MyoSuite id such as myo:myoHandReorient8-v0"

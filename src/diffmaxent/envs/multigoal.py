@@ -12,12 +12,16 @@ Constants are those of the original environment (softqlearning's ``MultiGoalEnv`
 * an episode terminates on reaching a goal and is truncated after 30 steps (the original's
   ``max_path_length``).
 
+``render_mode="rgb_array"`` draws the point and its path over the cost landscape (goals in red),
+in numpy, for ``diffmaxent eval --video``.
+
 The maximum-entropy optimal policy picks one of the four goals at random and heads for it, which
 makes the environment a direct test of whether a policy keeps several behaviour modes.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -31,6 +35,7 @@ DISTANCE_COST = 1.0
 INIT_SIGMA = 0.1
 POSITION_LIMIT = 7.0
 MAX_EPISODE_STEPS = 30
+RENDER_SIZE = 320  # pixels per side of a rendered frame
 
 
 def distance_cost(position: np.ndarray) -> np.ndarray:
@@ -46,17 +51,68 @@ def nearest_goal(position: np.ndarray) -> tuple[int, float]:
     return index, float(distances[index])
 
 
+def _pixel(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of positions ``[..., 2]`` in a frame; +y is up."""
+    scale = (RENDER_SIZE - 1) / (2 * POSITION_LIMIT)
+    position = np.asarray(position, dtype=np.float64)
+    return (
+        np.rint((POSITION_LIMIT - position[..., 1]) * scale).astype(int),
+        np.rint((position[..., 0] + POSITION_LIMIT) * scale).astype(int),
+    )
+
+
+def _paint_discs(image: np.ndarray, centers: np.ndarray, radius: float, color) -> None:
+    rows, cols = np.mgrid[0:RENDER_SIZE, 0:RENDER_SIZE]
+    for row, col in zip(*_pixel(centers), strict=True):
+        image[(rows - row) ** 2 + (cols - col) ** 2 <= radius**2] = color
+
+
+def landscape_image() -> np.ndarray:
+    """``[RENDER_SIZE, RENDER_SIZE, 3]`` uint8: the distance cost (viridis) with the goals'
+    termination discs in red."""
+    from matplotlib import colormaps
+
+    grid = np.linspace(-POSITION_LIMIT, POSITION_LIMIT, RENDER_SIZE)
+    x, y = np.meshgrid(grid, grid[::-1])
+    cost = distance_cost(np.stack([x, y], axis=-1))
+    image = (colormaps["viridis"](cost / cost.max())[..., :3] * 200).astype(np.uint8)
+    scale = (RENDER_SIZE - 1) / (2 * POSITION_LIMIT)
+    _paint_discs(image, GOAL_POSITIONS, GOAL_THRESHOLD * scale, (220, 30, 30))
+    return image
+
+
 class MultiGoalEnv(gym.Env):
     """2-D point mass with four goals; ``info["goal"]`` is the reached goal's index or -1."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self) -> None:
+    def __init__(self, render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"MultiGoal-v0 renders rgb_array frames only, not {render_mode!r}")
+        self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(
             -POSITION_LIMIT, POSITION_LIMIT, shape=(2,), dtype=np.float32
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self._position = np.zeros(2, dtype=np.float32)
+        self._path: list[np.ndarray] = []
+        self._background: np.ndarray | None = None
+
+    def render(self) -> np.ndarray | None:
+        """The landscape with this episode's path (white) and the point (orange)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._background is None:
+            self._background = landscape_image()
+        frame = self._background.copy()
+        path = np.asarray(self._path or [self._position])
+        # Dense samples along each segment draw the path as a line.
+        fractions = np.linspace(0.0, 1.0, 24)[:, None]
+        for start, end in itertools.pairwise(path):
+            rows, cols = _pixel(start + fractions * (end - start))
+            frame[rows.clip(0, RENDER_SIZE - 1), cols.clip(0, RENDER_SIZE - 1)] = 255
+        _paint_discs(frame, self._position[None], 5.0, (255, 150, 0))
+        return frame
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -64,12 +120,14 @@ class MultiGoalEnv(gym.Env):
         super().reset(seed=seed)
         start = INIT_SIGMA * self.np_random.normal(size=2)
         self._position = np.clip(start, -POSITION_LIMIT, POSITION_LIMIT).astype(np.float32)
+        self._path = [self._position.copy()]
         return self._position.copy(), {"goal": -1}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
         position = np.clip(self._position + action, -POSITION_LIMIT, POSITION_LIMIT)
         self._position = position.astype(np.float32)
+        self._path.append(self._position.copy())
         reward = -(
             ACTUATION_COST * float(np.sum(action**2))
             + DISTANCE_COST * float(distance_cost(self._position))
