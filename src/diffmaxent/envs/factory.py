@@ -12,6 +12,7 @@ import ctypes.util
 import dataclasses
 import logging
 import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -262,7 +263,10 @@ def _make_gym(name: str, env_id: str, render_mode: str | None, kwargs: dict) -> 
     if render_mode is not None:
         kwargs = {**kwargs, "render_mode": render_mode}
     try:
-        return gym.make(name, **kwargs)
+        with warnings.catch_warnings():
+            # MyoSuite's model builder warns at every make about its own spec prefixes.
+            warnings.filterwarnings("ignore", message="Attaching a spec with an empty prefix")
+            return gym.make(name, **kwargs)
     except TypeError as error:
         if render_mode is not None and "render_mode" in str(error):
             raise UsageError(f"{env_id} cannot render frames (it has no render_mode)") from None
