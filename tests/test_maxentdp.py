@@ -76,3 +76,13 @@ def test_paper_preset_uses_table_b1_temperatures():
         "Swimmer",
         "Walker2d",
     }
+
+
+def test_presets_listing_shows_every_table_b1_temperature(capsys):
+    from diffmaxent.cli import main
+
+    assert main(["presets", "maxentdp"]) == 0
+    listing = capsys.readouterr().out
+    paper_line = next(line for line in listing.splitlines() if "paper [gym envs]" in line)
+    for task, beta in PAPER_TEMPERATURES.items():
+        assert f"{task} {beta}" in paper_line
