@@ -192,6 +192,29 @@ def test_rendered_frame_is_a_non_blank_rgb_image(env_id):
         env.close()
 
 
+def test_success_needs_more_than_five_solved_steps_like_myosuites_evaluate_success():
+    import gymnasium as gym
+
+    from diffmaxent.envs.factory import MyoSuccess
+
+    class Solves(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (1,))
+        action_space = gym.spaces.Box(-1, 1, (1,))
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(1, np.float32), 0.0, False, False, {"solved": bool(action[0] > 0)}
+
+    env = MyoSuccess(Solves())
+    env.reset()
+    flags = [env.step(np.array([sign]))[4]["success"] for sign in [1, -1, 1, 1, 1, 1, -1, 1, 1]]
+    assert flags == [False] * 7 + [True, True]  # the 6th solved step (8th step) succeeds
+    env.reset()
+    assert env.step(np.array([1]))[4]["success"] is False  # counts restart with the episode
+
+
 def test_myosuite_success_is_logged():
     env = make_env("myo:myoHandReorient8-v0", seed=0)
     try:

@@ -120,8 +120,9 @@ class ActionRepeat(gym.Wrapper):
 
 
 class MyoSuccess(gym.Wrapper):
-    """Adds ``info["success"]`` to MyoSuite steps: the episode so far has been ``solved`` on at
-    least ``successful_steps`` steps, MyoSuite's own ``evaluate_success`` rule (5 steps)."""
+    """Adds ``info["success"]`` to MyoSuite steps: the episode so far has been ``solved`` on more
+    than ``successful_steps`` steps, MyoSuite's own ``evaluate_success`` rule (strictly more than
+    5)."""
 
     def __init__(self, env: gym.Env, successful_steps: int = 5) -> None:
         super().__init__(env)
@@ -135,7 +136,7 @@ class MyoSuccess(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._solved_steps += int(bool(info.get("solved", False)))
-        info = {**info, "success": self._solved_steps >= self.successful_steps}
+        info = {**info, "success": self._solved_steps > self.successful_steps}
         return obs, reward, terminated, truncated, info
 
 
