@@ -1,6 +1,6 @@
 """Short learning tests of the DMERL agents and the PPO baseline (cpu presets, seed 0): each
 must reach a stated Pendulum-v1 return within a CPU-sized budget. Budgets, times and other seeds
-are in docs/benchmarks_dmerl.md."""
+are in docs/benchmarks.md, section DMERL."""
 
 from __future__ import annotations
 

@@ -269,6 +269,8 @@ def test_eval_video_writes_an_mp4_of_the_episodes_and_never_overwrites(env_id, t
     video = out / "videos" / "step120-seed0.mp4"
     assert str(video) in printed
     reader = imageio.get_reader(str(video))
+    if env_id.startswith("dmc:"):  # real time: cheetah-run's 0.01 s control step, 8 per frame
+        assert reader.get_meta_data()["fps"] == pytest.approx(100 / 8)
     frames = np.stack([frame for frame in reader])
     reader.close()
     steps = int(printed.split("(")[-1].split()[0])

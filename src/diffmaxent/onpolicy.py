@@ -339,10 +339,8 @@ def on_policy_loop(
             recorder.evaluation_point(
                 agent, state, eval_key, env_step, tracker.last, iteration, metrics
             )
-    except BaseException:
-        recorder.bar.close()
-        raise
     finally:
+        recorder.bar.close()
         envs.close()
     key, plot_key = jax.random.split(key)
     return recorder.finish(agent, state, plot_key, env_step)

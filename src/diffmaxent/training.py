@@ -142,13 +142,13 @@ def resolve_config(
 
 def warn_if_wrong_suite(spec: AlgoSpec, preset: str, env: str) -> None:
     """Warn (:class:`PresetSuiteWarning`) when ``preset`` was tuned on another suite than env's."""
-    suite = spec.preset_suites.get(preset)
-    if suite is not None and suite != env_suite(env):
-        others = [name for name, s in spec.preset_suites.items() if s == env_suite(env)]
-        hint = f"; for {env_suite(env)} envs use {' or '.join(others)}" if others else ""
+    suite, env_is = spec.preset_suites.get(preset), env_suite(env)
+    if suite is not None and suite != env_is:
+        others = [name for name, s in spec.preset_suites.items() if s == env_is]
+        hint = f"; for {env_is} envs use {' or '.join(others)}" if others else ""
         warnings.warn(
             f"preset {preset!r} of {spec.name} holds {suite} settings, but {env} is a "
-            f"{env_suite(env)} env{hint}",
+            f"{env_is} env{hint}",
             PresetSuiteWarning,
             stacklevel=3,
         )
@@ -351,7 +351,6 @@ class RunRecorder:
 
     def finish(self, agent: Any, state: Any, key: jax.Array, env_step: int) -> TrainResult:
         """Write the report figure (if the env has one) and ``summary.json``."""
-        self.bar.close()
         summary: dict[str, Any] = {
             "eval_return_mean": self.eval_mean,
             "eval_return_std": self.eval_std,
@@ -486,8 +485,7 @@ def _off_policy_loop(
                 recorder.evaluation_point(
                     agent, state, eval_key, step, last_episode_return, num_updates, metrics
                 )
-    except BaseException:
+    finally:
         recorder.bar.close()
-        raise
     key, plot_key = jax.random.split(key)
     return recorder.finish(agent, state, plot_key, config.steps)

@@ -25,13 +25,11 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def frames_per_second(env: Any) -> float:
+def frames_per_second(env: Any, action_repeat: int) -> float:
     """The env's own ``render_fps`` (real time for Gymnasium MuJoCo and DMC), else 30; divided by
     the action repeat, since one frame is drawn per action."""
-    inner = env.unwrapped
-    fps = (getattr(inner, "metadata", None) or {}).get("render_fps")
-    repeat = getattr(getattr(env, "env", None), "repeat", 1)
-    return float(fps or DEFAULT_FPS) / repeat
+    fps = (getattr(env.unwrapped, "metadata", None) or {}).get("render_fps")
+    return float(fps or DEFAULT_FPS) / action_repeat
 
 
 def record_video(
@@ -80,7 +78,10 @@ def record_video(
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             writer = imageio.get_writer(
-                str(path), fps=frames_per_second(env), codec="libx264", macro_block_size=1
+                str(path),
+                fps=frames_per_second(env, loaded.config.loop.action_repeat),
+                codec="libx264",
+                macro_block_size=1,
             )
         except Exception as error:
             raise UsageError(

@@ -19,7 +19,7 @@ the *diffusion value function* over denoising levels ``m = 1 .. K``.
   step from ``x_0' ~ prior`` and ``V'(s') = U'(s', x_1', 1) - alpha l_0'``, the augmented MDP's
   one-step backup. Both have the same expectation; the one-step form passes the env's value
   through ``K - 1`` target networks before it reaches ``Q`` again and learned several times more
-  slowly on Pendulum (docs/benchmarks_dmerl.md);
+  slowly on Pendulum (docs/benchmarks.md, section DMERL);
 * (A2) denoising levels ``m = 1 .. K-1``: ``U(s, x_m, m)`` (a twin network on
   ``(s, x_m/prior_std, tanh(x_m), one_hot(m))``) regressed on
   ``y_m = gamma_d [U'(s, x_{m+1}, m+1) - alpha l_m]`` (``level_target="td"``, default; ``U'`` at
@@ -425,7 +425,7 @@ ALGO = AlgoSpec(
         # networks, rates and replay (Haarnoja et al. 2018b, Table 1).
         "paper": {"num_diffusion_steps": 8, "learning_starts": 10_000},
         # Narrower networks and batch for a 2-core CPU; the output in noise units
-        # (docs/benchmarks_dmerl.md).
+        # (docs/benchmarks.md, section DMERL).
         "cpu": CPU_PRESET,
     },
 )

@@ -25,7 +25,7 @@ log p_ref(x_j | x)`` and the soft value ``U(s, x, j+1) - alpha l_j(x)``:
 
 Off-policy with replay, as in WPO's own (Acme) implementation; the DA-MDP code instead runs WPO
 on REPPO's on-policy collection with thousands of parallel GPU envs, which a 2-core CPU cannot
-use (documented in docs/benchmarks_dmerl.md).
+use (documented in docs/benchmarks.md, section DMERL).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ ALGO = AlgoSpec(
             "learning_starts": 10_000,
         },
         # Narrower networks and batch for a 2-core CPU; the output in noise units
-        # (docs/benchmarks_dmerl.md).
+        # (docs/benchmarks.md, section DMERL).
         "cpu": CPU_PRESET,
     },
 )

@@ -223,7 +223,7 @@ ALGO = AlgoSpec(
             "num_envs": 16,
             "rollout_steps": 256,
         },
-        # Tuned on Pendulum-v1 (docs/benchmarks_dmerl.md): a shorter horizon and rewards
+        # Tuned on Pendulum-v1 (docs/benchmarks.md, section DMERL): a shorter horizon and rewards
         # scaled to about [-1.6, 0] per step.
         "cpu": {
             "gamma": 0.95,

@@ -9,7 +9,6 @@ import gymnasium as gym
 import numpy as np
 
 from diffmaxent.envs.factory import (
-    SUITES,
     EnvSpec,
     RescaledEnv,
     choose_offscreen_gl,
@@ -65,7 +64,6 @@ def env_report(env_id: str) -> EnvReport | None:
 
 __all__ = [
     "ENV_REPORTS",
-    "SUITES",
     "EnvReport",
     "EnvSpec",
     "MultiGoalEnv",

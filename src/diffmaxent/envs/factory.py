@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from diffmaxent.envs.dmc import DMC_PREFIX
 from diffmaxent.errors import UsageError
 
 
@@ -140,13 +141,12 @@ class MyoSuccess(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-SUITES = ("gym", "dmc", "myo")
 MYO_PREFIX = "myo:"
 
 
 def env_suite(env_id: str) -> str:
     """``"dmc"`` for ``dmc:`` ids, ``"myo"`` for ``myo:`` ids, else ``"gym"``."""
-    if env_id.startswith("dmc:"):
+    if env_id.startswith(DMC_PREFIX):
         return "dmc"
     if env_id.startswith(MYO_PREFIX):
         return "myo"
@@ -220,9 +220,10 @@ def make_env(
         raise UsageError("env id must be a non-empty string such as Pendulum-v1")
     if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
         raise UsageError(f"action_repeat must be an integer >= 1, got {action_repeat!r}")
-    if render_mode is not None:
-        choose_offscreen_gl()
     suite = env_suite(env_id)
+    if render_mode is not None or suite == "dmc":
+        # Before dm_control or a MuJoCo renderer is first imported: both fix their GL backend then.
+        choose_offscreen_gl()
     if suite == "dmc":
         env = _make_dmc(env_id, render_mode)
     elif suite == "myo":
@@ -240,11 +241,9 @@ def make_env(
 
 
 def _make_dmc(env_id: str, render_mode: str | None) -> gym.Env:
-    from diffmaxent.envs.dmc import DMCEnv, import_suite, parse_dmc_id
+    from diffmaxent.envs.dmc import DMCEnv, parse_dmc_id
 
     domain, task = parse_dmc_id(env_id)
-    choose_offscreen_gl()  # dm_control picks its GL backend when it is first imported
-    import_suite()
     # MuJoCo 3.17 warns through absl, at every load, that the suite's XML uses `settotalmass`.
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -268,11 +267,9 @@ def _make_gym(name: str, env_id: str, render_mode: str | None, kwargs: dict) -> 
             # MyoSuite's model builder warns at every make about its own spec prefixes.
             warnings.filterwarnings("ignore", message="Attaching a spec with an empty prefix")
             return gym.make(name, **kwargs)
-    except TypeError as error:
-        if render_mode is not None and "render_mode" in str(error):
+    except (gym.error.Error, ImportError, AttributeError, TypeError) as error:
+        if render_mode is not None and isinstance(error, TypeError) and "render_mode" in str(error):
             raise UsageError(f"{env_id} cannot render frames (it has no render_mode)") from None
-        raise UsageError(f"unknown or unusable env id {env_id!r}: {error}") from None
-    except (gym.error.Error, ImportError, AttributeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = (
             "use a registered MyoSuite id such as myo:myoHandReorient8-v0"

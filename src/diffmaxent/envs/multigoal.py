@@ -51,13 +51,23 @@ def nearest_goal(position: np.ndarray) -> tuple[int, float]:
     return index, float(distances[index])
 
 
+PIXELS_PER_UNIT = (RENDER_SIZE - 1) / (2 * POSITION_LIMIT)
+
+
+def cost_grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x, y, cost``, each ``[size, size]``: the distance cost on a regular grid over the box,
+    ``y`` increasing with the row index."""
+    grid = np.linspace(-POSITION_LIMIT, POSITION_LIMIT, size)
+    x, y = np.meshgrid(grid, grid)
+    return x, y, DISTANCE_COST * distance_cost(np.stack([x, y], axis=-1))
+
+
 def _pixel(position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, col) of positions ``[..., 2]`` in a frame; +y is up."""
-    scale = (RENDER_SIZE - 1) / (2 * POSITION_LIMIT)
     position = np.asarray(position, dtype=np.float64)
     return (
-        np.rint((POSITION_LIMIT - position[..., 1]) * scale).astype(int),
-        np.rint((position[..., 0] + POSITION_LIMIT) * scale).astype(int),
+        np.rint((POSITION_LIMIT - position[..., 1]) * PIXELS_PER_UNIT).astype(int),
+        np.rint((position[..., 0] + POSITION_LIMIT) * PIXELS_PER_UNIT).astype(int),
     )
 
 
@@ -72,12 +82,9 @@ def landscape_image() -> np.ndarray:
     termination discs in red."""
     from matplotlib import colormaps
 
-    grid = np.linspace(-POSITION_LIMIT, POSITION_LIMIT, RENDER_SIZE)
-    x, y = np.meshgrid(grid, grid[::-1])
-    cost = distance_cost(np.stack([x, y], axis=-1))
+    cost = cost_grid(RENDER_SIZE)[2][::-1]  # row 0 is the top of the frame (+y)
     image = (colormaps["viridis"](cost / cost.max())[..., :3] * 200).astype(np.uint8)
-    scale = (RENDER_SIZE - 1) / (2 * POSITION_LIMIT)
-    _paint_discs(image, GOAL_POSITIONS, GOAL_THRESHOLD * scale, (220, 30, 30))
+    _paint_discs(image, GOAL_POSITIONS, GOAL_THRESHOLD * PIXELS_PER_UNIT, (220, 30, 30))
     return image
 
 
@@ -127,7 +134,8 @@ class MultiGoalEnv(gym.Env):
         action = np.clip(np.asarray(action, dtype=np.float32).reshape(2), -1.0, 1.0)
         position = np.clip(self._position + action, -POSITION_LIMIT, POSITION_LIMIT)
         self._position = position.astype(np.float32)
-        self._path.append(self._position.copy())
+        if self.render_mode is not None:  # the path is only drawn, so only kept when rendering
+            self._path.append(self._position.copy())
         reward = -(
             ACTUATION_COST * float(np.sum(action**2))
             + DISTANCE_COST * float(distance_cost(self._position))
@@ -172,9 +180,7 @@ def plot_trajectories(trajectories: list[np.ndarray], path: str, title: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = np.linspace(-POSITION_LIMIT, POSITION_LIMIT, 281)
-    x, y = np.meshgrid(grid, grid)
-    cost = DISTANCE_COST * distance_cost(np.stack([x, y], axis=-1))
+    x, y, cost = cost_grid(281)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     contours = ax.contour(x, y, cost, levels=15, cmap="viridis", linewidths=0.8)
     ax.clabel(contours, inline=True, fontsize=7, fmt="%.0f")
