@@ -4,7 +4,7 @@ vector env, and against the same MDP driven through the Gymnasium wrapper (K Pyt
 per env step).
 
     python benchmarks/dmerl_rollout.py              # prints a markdown table
-    python benchmarks/dmerl_rollout.py --envs 64 --set hidden_dims=256,256,256,256
+    python benchmarks/dmerl_rollout.py --envs 64 --set actor_hidden_dims=256,256,256,256
 
 Columns: env steps/s of the full rollout (act + vector-env step + storing; median of
 ``--repeats`` timed rollouts), the median time of one ``collect`` call alone (no env), and the
@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffmaxent.agents import ALGOS
+from diffmaxent.api import resolve_config
 from diffmaxent.bench import median_seconds
 from diffmaxent.config import parse_assignments
 from diffmaxent.envs import make_env
 from diffmaxent.envs.augmented import AugmentedMDPEnv
-from diffmaxent.onpolicy import collect_rollout, make_vector_env
-from diffmaxent.training import resolve_config
+from diffmaxent.loops.rollout import collect_rollout, make_vector_env
+from diffmaxent.registry import ALGOS
 
 
 def rollout_rate(
@@ -66,7 +66,7 @@ def kernel_ms(config, env_id: str, num_envs: int) -> float:
     policy = DenoisingPolicy(
         spec.action_dim,
         agent_config.num_diffusion_steps,
-        agent_config.hidden_dims,
+        agent_config.actor_hidden_dims,
         agent_config.prior_std,
         agent_config.step_size,
         agent_config.min_step_fraction,
@@ -119,7 +119,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="diffppo hyperparameter (repeatable), e.g. hidden_dims=256,256,256,256",
+        help="diffppo hyperparameter (repeatable), e.g. actor_hidden_dims=256,256,256,256",
     )
     args = parser.parse_args()
     overrides = parse_assignments(args.assignments)

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from diffmaxent.agents import ALGOS
+from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.envs import make_env
-from diffmaxent.training import resolve_config
+from diffmaxent.registry import ALGOS
 
 
 def tiny_agent(algo: str, overrides: dict[str, Any], env_id: str = "Pendulum-v1"):

@@ -7,10 +7,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from diffmaxent.agents import ALGOS
+from diffmaxent.agents.onpolicy import Rollout
+from diffmaxent.api import resolve_config
 from diffmaxent.envs import make_env
-from diffmaxent.onpolicy import Rollout, collect_rollout, make_vector_env
-from diffmaxent.training import resolve_config
+from diffmaxent.loops.rollout import collect_rollout, make_vector_env
+from diffmaxent.registry import ALGOS
 
 
 class RolloutSource:

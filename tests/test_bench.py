@@ -29,7 +29,7 @@ def test_bench_reports_update_env_step_and_phases(capsys):
     result = run_bench(
         "sac",
         "Pendulum-v1",
-        overrides={"hidden_dims": "16,16", "batch_size": 8},
+        overrides={"actor_hidden_dims": "16,16", "critic_hidden_dims": "16,16", "batch_size": 8},
         repeats=2,
         env_steps=5,
     )
@@ -47,7 +47,9 @@ def test_bench_reports_update_env_step_and_phases(capsys):
                 "--repeats",
                 "1",
                 "--set",
-                "hidden_dims=8,8",
+                "actor_hidden_dims=8,8",
+                "--set",
+                "critic_hidden_dims=8,8",
                 "--set",
                 "batch_size=8",
             ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ SMALL = [
     "--env",
     "Pendulum-v1",
     "--set",
-    "hidden_dims=16,16",
+    "actor_hidden_dims=16,16",
     "--set",
     "batch_size=16",
     "--set",
@@ -178,3 +180,30 @@ def test_installed_console_script_reports_errors_in_one_line(tmp_path):
     assert len(lines) == 1
     assert lines[0].startswith("diffmaxent: error: unknown algo 'nope'; accepted: sac")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("algo,env", [("maxentdp", "HalfCheetah-v5"), ("dime", "MultiGoal-v0")])
+def test_presets_prints_every_value_each_preset_sets_on_an_env(capsys, algo, env):
+    from diffmaxent.api import resolve_config
+    from diffmaxent.registry import ALGOS
+
+    assert main(["presets", algo, "--env", env]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("name "))
+    header = lines[start].split()
+    names = list(ALGOS[algo].presets)
+    assert header[3 : 3 + len(names)] == names
+    # Columns are aligned: cut every row at the header's column starts.
+    starts = [re.search(rf"(?<= ){re.escape(t)}(?= |$)", lines[start]).start() for t in header[1:]]
+    bounds = list(zip([0, *starts], [*starts, None], strict=True))
+    table = {}
+    for line in lines[start + 1 :]:
+        cells = [line[a:b].strip() for a, b in bounds]
+        table[cells[0]] = cells
+    for column, preset in enumerate(names, start=3):
+        config = resolve_config(algo, env, preset=preset)
+        values = {**dataclasses.asdict(config.agent), **dataclasses.asdict(config.loop)}
+        for name, value in values.items():
+            shown = table[name][column].rstrip("*")
+            expected = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            assert shown == expected, (preset, name)

@@ -11,11 +11,13 @@ import pytest
 import diffmaxent
 from agent_helpers import tiny_agent
 from diffmaxent import checkpoint, runs
-from diffmaxent.agents import ALGOS
+from diffmaxent.loops import ROLLOUT
+from diffmaxent.registry import ALGOS
 from dmerl_helpers import tiny_on_policy_agent
 
 SMALL = {
-    "hidden_dims": "32,32",
+    "actor_hidden_dims": "32,32",
+    "critic_hidden_dims": "32,32",
     "batch_size": 32,
     "learning_starts": 100,
     "eval_every": 150,
@@ -56,14 +58,14 @@ OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")
 
 
 def _small(algo, values):
-    if ALGOS[algo].loop != "on_policy":
+    if ALGOS[algo].loop is not ROLLOUT:
         return values
     return {k: v for k, v in values.items() if k not in OFF_POLICY_ONLY}
 
 
 def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, overrides=None):
     values = {**SMALL, **TINY[algo], "updates_per_step": updates_per_step, **(overrides or {})}
-    if ALGOS[algo].loop == "on_policy":  # a collected rollout stands where the buffer is
+    if ALGOS[algo].loop is ROLLOUT:  # a collected rollout stands where the buffer is
         return tiny_on_policy_agent(algo, _small(algo, values), env_id)
     return tiny_agent(algo, values, env_id)
 
@@ -88,7 +90,7 @@ def test_update_and_act_do_not_retrace(algo):
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_truncated_flag_does_not_change_the_update_but_terminated_does(algo):
-    if ALGOS[algo].loop == "on_policy":
+    if ALGOS[algo].loop is ROLLOUT:
         # GAE must cut the advantage trace at a truncation (the next step is a new episode);
         # tests/test_dmerl.py checks that it still bootstraps from the real next state.
         pytest.skip("on-policy: truncation ends the GAE trace by design")
@@ -157,7 +159,7 @@ def test_run_directory_contents_and_python_api(tmp_path):
     run_dir = result.run_dir
     config = json.loads((run_dir / "config.json").read_text())
     assert config["algo"] == "sac" and config["env"] == "Pendulum-v1"
-    assert config["agent"]["hidden_dims"] == [32, 32] and config["loop"]["batch_size"] == 32
+    assert config["agent"]["actor_hidden_dims"] == [32, 32] and config["loop"]["batch_size"] == 32
     assert config["agent"]["gamma"] == 0.99  # every value resolved, not only the overrides
     rows = runs.read_metrics(run_dir)
     assert [r["env_step"] for r in rows] == [150, 300]

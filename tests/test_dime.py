@@ -16,12 +16,12 @@ import numpy as np
 import optax
 import pytest
 
-from diffmaxent.agents import ALGOS
+from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.critics import BatchRenorm, CrossQCritic, categorical_projection
 from diffmaxent.diffusion import DIMEPolicy, cosine_dt_shape, dime_chain
 from diffmaxent.envs import make_env
-from diffmaxent.training import resolve_config
+from diffmaxent.registry import ALGOS
 from diffmaxent.types import Batch
 
 NUM_SAMPLES = 20_000
@@ -355,7 +355,7 @@ def test_critic_on_terminal_transitions_learns_the_reward(head):
 # --- agents: policy delay and the temperature target -------------------------------------------
 
 SMALL_DIME = {
-    "hidden_dims": "16,16",
+    "actor_hidden_dims": "16,16",
     "critic_hidden_dims": "32,32",
     "num_diffusion_steps": 3,
     "time_dim": 8,
@@ -383,7 +383,10 @@ def _agent(algo, overrides):
 
 @pytest.mark.parametrize(
     "algo, overrides",
-    [("dime", SMALL_DIME), ("crossq", {"hidden_dims": "16,16", "critic_hidden_dims": "32,32"})],
+    [
+        ("dime", SMALL_DIME),
+        ("crossq", {"actor_hidden_dims": "16,16", "critic_hidden_dims": "32,32"}),
+    ],
 )
 def test_actor_and_temperature_step_once_per_policy_delay_critic_steps(algo, overrides):
     agent, buffer = _agent(algo, {**overrides, "batch_size": 32, "updates_per_step": 1})

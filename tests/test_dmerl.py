@@ -13,6 +13,7 @@ import pytest
 
 import diffmaxent
 from diffmaxent import cli, runs
+from diffmaxent.agents.onpolicy import ObsNorm, gae, minibatch_epochs
 from diffmaxent.diffusion import augmented
 from diffmaxent.diffusion.augmented import (
     DenoisingPolicy,
@@ -28,7 +29,7 @@ from diffmaxent.diffusion.augmented import (
 from diffmaxent.diffusion.dime import dime_chain
 from diffmaxent.envs import make_env
 from diffmaxent.envs.augmented import AugmentedMDPEnv
-from diffmaxent.onpolicy import ObsNorm, collect_rollout, gae, make_vector_env, minibatch_epochs
+from diffmaxent.loops.rollout import collect_rollout, make_vector_env
 from dmerl_helpers import tiny_on_policy_agent
 
 K = 3
@@ -408,7 +409,7 @@ TINY_ON_POLICY = {
         "epochs": 2,
         "batch_size": 32,
         "num_diffusion_steps": 2,
-        "hidden_dims": "32,32",
+        "actor_hidden_dims": "32,32",
         "critic_hidden_dims": "32,32",
     },
 }

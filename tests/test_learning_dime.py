@@ -46,7 +46,7 @@ def test_crossq_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
 
 @pytest.mark.learning
 def test_dime_keeps_several_goals_on_multigoal(tmp_path):
-    # The criterion for one seed (the three-seed runs are in docs/benchmarks_dime.md):
+    # The criterion for one seed (the three-seed runs are in docs/benchmarks.md):
     # 50 stochastic episodes after training reach at least 3 distinct goals and no goal takes
     # more than 60% of the successful episodes.
     result = diffmaxent.train(

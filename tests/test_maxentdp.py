@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from agent_helpers import tiny_agent
-from diffmaxent.agents.maxentdp import PAPER_TEMPERATURES, paper_preset
+from diffmaxent.agents.maxentdp import PAPER_TEMPERATURES, PRESETS
 from diffmaxent.nn import EnsembleCritic
 
 TINY = {
-    "hidden_dims": "16,16",
+    "actor_hidden_dims": "16,16",
+    "critic_hidden_dims": "16,16",
     "num_qne_samples": 8,
     "num_diffusion_steps": 3,
     "num_logprob_levels": 3,
@@ -53,7 +54,7 @@ def test_best_of_m_selects_higher_q_actions_than_plain_sampling():
     agent, buffer, config = tiny_agent("maxentdp", {**TINY, "eval_candidates": 16})
     state = agent.init(jax.random.PRNGKey(0))
     obs = buffer.obs[:64]
-    critic = EnsembleCritic(config.agent.hidden_dims)
+    critic = EnsembleCritic(config.agent.critic_hidden_dims)
 
     def mean_q(actions):
         return float(critic.apply(state.target_critic_params, obs, actions).min(0).mean())
@@ -65,9 +66,10 @@ def test_best_of_m_selects_higher_q_actions_than_plain_sampling():
 
 
 def test_paper_preset_uses_table_b1_temperatures():
-    assert paper_preset("HalfCheetah-v5")["temperature"] == 0.2
-    assert paper_preset("Humanoid-v4")["temperature"] == 0.02
-    assert "temperature" not in paper_preset("Pendulum-v1")
+    paper = PRESETS["paper"]
+    assert paper.values_for("HalfCheetah-v5")["temperature"] == 0.2
+    assert paper.values_for("Humanoid-v4")["temperature"] == 0.02
+    assert "temperature" not in paper.values_for("Pendulum-v1")
     assert set(PAPER_TEMPERATURES) == {
         "Ant",
         "HalfCheetah",
@@ -82,7 +84,6 @@ def test_presets_listing_shows_every_table_b1_temperature(capsys):
     from diffmaxent.cli import main
 
     assert main(["presets", "maxentdp"]) == 0
-    listing = capsys.readouterr().out
-    paper_line = next(line for line in listing.splitlines() if "paper [gym envs]" in line)
+    lines = capsys.readouterr().out.splitlines()
     for task, beta in PAPER_TEMPERATURES.items():
-        assert f"{task} {beta}" in paper_line
+        assert f"    {task}: temperature={beta}" in lines

@@ -13,10 +13,10 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from diffmaxent.api import resolve_config
 from diffmaxent.cli import main
 from diffmaxent.envs import env_suite, make_env
 from diffmaxent.errors import PresetSuiteWarning, UsageError
-from diffmaxent.training import resolve_config
 
 pytest.importorskip("dm_control")
 pytest.importorskip("myosuite")

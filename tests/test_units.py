@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from diffmaxent.agents.common import polyak_update, td_target, temperature_loss
-from diffmaxent.agents.sac import SACConfig
+from diffmaxent.agents.common import polyak_update, temperature_loss
 from diffmaxent.buffer import ReplayBuffer
-from diffmaxent.config import (
-    AUTO,
-    from_json_dict,
-    parse_assignments,
-    replace_validated,
-    to_json_dict,
-)
+from diffmaxent.critics import td_target
 from diffmaxent.distributions import (
     squashed_gaussian_log_prob,
     squashed_gaussian_sample,
     tanh_log_det,
 )
-from diffmaxent.errors import UsageError
 from diffmaxent.nn import mish
 
 # --- squashed Gaussian ----------------------------------------------------------------------------
@@ -144,44 +136,3 @@ def test_buffer_samples_many_batches_of_stored_transitions_only():
     # Each row's fields come from the same transition.
     np.testing.assert_array_equal(batch.obs[..., 0], batch.reward)
     np.testing.assert_array_equal(batch.next_obs[..., 0], batch.reward + 0.5)
-
-
-# --- config parsing ------------------------------------------------------------------------------
-
-
-def test_overrides_parse_every_field_type():
-    config = replace_validated(
-        SACConfig(),
-        {"gamma": "0.98", "hidden_dims": "64,32", "temperature": "0.2", "num_critics": "3"},
-    )
-    assert config.gamma == 0.98 and config.hidden_dims == (64, 32)
-    assert config.temperature == 0.2 and config.num_critics == 3
-    assert replace_validated(SACConfig(), {"temperature": "auto"}).temperature == AUTO
-    assert replace_validated(SACConfig(), {"gamma": 1}).gamma == 1.0
-
-
-@pytest.mark.parametrize(
-    "values,fragment",
-    [
-        ({"gama": "0.9"}, "unknown hyperparameter 'gama'"),
-        ({"gamma": "abc"}, "not a valid float"),
-        ({"gamma": "1.5"}, "out of range"),
-        ({"num_critics": "1.5"}, "not a valid int"),
-        ({"hidden_dims": "64,0"}, "out of range"),
-        ({"temperature": "-1"}, "out of range"),
-        ({"temperature": "hot"}, "not a valid"),
-        ({"actor_lr": "0"}, "out of range"),
-    ],
-)
-def test_bad_overrides_raise_one_line_usage_errors(values, fragment):
-    with pytest.raises(UsageError, match=fragment) as info:
-        replace_validated(SACConfig(), values)
-    assert "\n" not in str(info.value)
-
-
-def test_assignment_parsing_and_json_round_trip():
-    assert parse_assignments(["a=1", " b = x,y "]) == {"a": "1", "b": "x,y"}
-    with pytest.raises(UsageError):
-        parse_assignments(["novalue"])
-    config = replace_validated(SACConfig(), {"hidden_dims": "8,8", "temperature": "0.5"})
-    assert from_json_dict(SACConfig, to_json_dict(config)) == config

@@ -8,11 +8,11 @@ Public API::
     action = agent.act(obs, deterministic=False)
 """
 
-from diffmaxent.agents import ALGOS
+from diffmaxent.api import LoadedAgent, load, resolve_config, train
 from diffmaxent.envs import make_env
 from diffmaxent.errors import UsageError
-from diffmaxent.policy import LoadedAgent, load
-from diffmaxent.training import TrainResult, resolve_config, train
+from diffmaxent.loops.bookkeeping import TrainResult
+from diffmaxent.registry import ALGOS
 
 __version__ = "0.1.0"
 

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffmaxent.agents import get_algo
+from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.errors import UsageError
-from diffmaxent.training import resolve_config
+from diffmaxent.loops import REPLAY
+from diffmaxent.registry import get_algo
 
 
 def _dot_flops(eqn: Any) -> float:
@@ -124,7 +125,7 @@ def run_bench(
     seed: int = 0,
 ) -> BenchResult:
     """Time one gradient step (and each named phase the agent exposes) and one env step."""
-    if get_algo(algo).loop == "on_policy":
+    if get_algo(algo).loop is not REPLAY:
         raise UsageError(
             f"bench times replay-batch updates; {algo} is on-policy "
             "(benchmarks/dmerl_rollout.py measures its rollouts)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from diffmaxent import training
+    from diffmaxent import api as training
 
     parser = _Parser(prog="diffmaxent", description="Diffusion policies for MaxEnt RL.")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
@@ -102,8 +103,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("algos", help="list the algorithms")
-    presets = commands.add_parser("presets", help="list an algorithm's presets and hyperparameters")
+    presets = commands.add_parser(
+        "presets", help="every value each preset of an algorithm sets, and what it means"
+    )
     presets.add_argument("algo")
+    presets.add_argument(
+        "--env", default=None, help="show the values each preset sets on this env id"
+    )
     return parser
 
 
@@ -118,8 +124,8 @@ def _int(flag: str):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from diffmaxent.api import train
     from diffmaxent.config import parse_assignments
-    from diffmaxent.training import train
 
     if args.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
@@ -145,8 +151,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
 
-    from diffmaxent.policy import load
-    from diffmaxent.training import EVAL_SEED_OFFSET, evaluate
+    from diffmaxent.api import load
+    from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, evaluate
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be a positive integer, got {args.episodes}")
@@ -203,7 +209,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_algos(args: argparse.Namespace) -> int:
-    from diffmaxent.agents import ALGOS
+    from diffmaxent.registry import ALGOS
 
     width = max(len(name) for name in ALGOS)
     for name, spec in ALGOS.items():
@@ -211,28 +217,55 @@ def _cmd_algos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(value) -> str:
+    """A value as ``--set`` accepts it (tuples as ``256,256``)."""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from diffmaxent.agents import get_algo
-    from diffmaxent.training import hyperparameter_table
+    from diffmaxent import api
+    from diffmaxent.registry import get_algo
 
     spec = get_algo(args.algo)
-    rows = hyperparameter_table(args.algo)
-    print(f"{spec.name}: {spec.description}\n")
-    print("presets (values that differ from the defaults below):")
+    rows = api.hyperparameter_table(args.algo)
+    print(f"{spec.name}: {spec.description} ({spec.loop.name} loop)\n")
+    print(f"presets (train uses {api.DEFAULT_PRESET} unless --preset names another):")
     for name, preset in spec.presets.items():
-        suite = spec.preset_suites.get(name)
-        label = f"{name} [{suite} envs]" if suite else f"{name} [any env]"
-        if callable(preset):
-            doc = " ".join((preset.__doc__ or "depends on the env").split())
-            print(f"  {label}: {doc}")
-        else:
-            values = ", ".join(f"{k}={v}" for k, v in preset.items()) or "(defaults)"
-            print(f"  {label}: {values}")
-    print("\nhyperparameters (name, type, default, meaning):")
-    name_width = max(len(r[0]) for r in rows)
-    type_width = max(len(r[1]) for r in rows)
+        suite = f"{preset.suite} envs" if preset.suite else "any env"
+        print(
+            textwrap.fill(
+                f"{name} [{suite}]: {preset.note}",
+                100,
+                initial_indent="  ",
+                subsequent_indent="      ",
+            )
+        )
+        every = ", ".join(f"{k}={_setting(v)}" for k, v in preset.values.items())
+        print(
+            textwrap.fill(
+                f"every env: {every or '(the defaults)'}",
+                100,
+                initial_indent="    ",
+                subsequent_indent="      ",
+            )
+        )
+        for task, values in preset.per_task.items():
+            print(f"    {task}: {', '.join(f'{k}={_setting(v)}' for k, v in values.items())}")
+    where = f"on {args.env}" if args.env else "on an env without a per-task entry"
+    print(f"\nhyperparameters, the value each preset gives {where} (* = set by the preset):")
+    columns = [["name", "type", "default", *spec.presets, "meaning"]]
     for name, type_name, default, help_text in rows:
-        print(f"  {name:<{name_width}}  {type_name:<{type_width}}  {default!s:<14} {help_text}")
+        cells = [name, type_name, _setting(default)]
+        for preset in spec.presets.values():
+            values = preset.values_for(args.env) if args.env else preset.values
+            cells.append(f"{_setting(values[name])}*" if name in values else _setting(default))
+        columns.append([*cells, help_text])
+    widths = [max(len(row[i]) for row in columns) for i in range(len(columns[0]) - 1)]
+    for row in columns:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        print("  " + "  ".join([*cells, row[-1]]))
     return 0
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from diffmaxent.errors import UsageError
@@ -200,15 +201,39 @@ def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, str
     return result
 
 
-Preset = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+def task_of(env_id: str) -> str:
+    """The task an env id names, without its version: ``HalfCheetah-v5`` -> ``HalfCheetah``,
+    ``MultiGoal-v0`` -> ``MultiGoal``, ``dmc:cheetah-run`` -> ``dmc:cheetah-run``."""
+    return re.sub(r"-v\d+$", "", env_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named set of hyperparameter values, as data.
+
+    Attributes:
+        values: what the preset sets on every env.
+        note: where the values come from (one or two sentences).
+        suite: the benchmark suite (``gym``, ``dmc``, ``myo``) the values were published or
+            tuned for; None when they suit any env.
+        per_task: values set on top of ``values`` for one task (keys as :func:`task_of` gives).
+    """
+
+    values: Mapping[str, Any]
+    note: str
+    suite: str | None = None
+    per_task: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def values_for(self, env_id: str) -> dict[str, Any]:
+        """Everything the preset sets when training on ``env_id``."""
+        return {**self.values, **self.per_task.get(task_of(env_id), {})}
 
 
 def preset_values(presets: Mapping[str, Preset], name: str, env_id: str) -> dict[str, Any]:
-    """The overrides a named preset makes for `env_id` (some presets depend on the env)."""
+    """The values the preset ``name`` sets on ``env_id``."""
     if name not in presets:
         raise UsageError(f"unknown preset {name!r}; accepted: {', '.join(presets)}")
-    preset = presets[name]
-    return dict(preset(env_id) if callable(preset) else preset)
+    return presets[name].values_for(env_id)
 
 
 def to_json_dict(config: Any) -> dict[str, Any]:
@@ -221,3 +246,26 @@ def to_json_dict(config: Any) -> dict[str, Any]:
 def from_json_dict(config_cls: type, values: Mapping[str, Any]) -> Any:
     """Rebuild a config written by :func:`to_json_dict`, validating every value."""
     return replace_validated(config_cls(), values)
+
+
+def with_defaults(group: type, **defaults: Any) -> type:
+    """``group`` (a frozen config dataclass) with other defaults for some of its fields, help text
+    and range kept: for an agent whose published defaults differ from the group's.
+
+    Raises:
+        TypeError: for a name that is not a field of ``group``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(group)}
+    unknown = sorted(set(defaults) - set(fields))
+    if unknown:
+        raise TypeError(f"{group.__name__} has no field {unknown[0]!r}")
+    namespace: dict[str, Any] = {
+        "__annotations__": {name: fields[name].type for name in defaults},
+        "__module__": group.__module__,
+        "__qualname__": group.__qualname__,
+        "__doc__": group.__doc__,
+    }
+    for name, value in defaults.items():
+        namespace[name] = dataclasses.field(default=value, metadata=fields[name].metadata)
+    variant = type(group.__name__, (group,), namespace)
+    return dataclasses.dataclass(frozen=True, kw_only=True)(variant)

@@ -113,3 +113,23 @@ class EnsembleCritic(nn.Module):
             axis_size=self.num_critics,
         )
         return ensemble(self.hidden_dims, self.activation, self.layer_norm)(obs, action)
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class GaussianActor(nn.Module):
+    """obs ``[B, obs_dim]`` -> mean and log-std ``[B, A]`` of the pre-tanh Gaussian."""
+
+    hidden_dims: tuple[int, ...]
+    action_dim: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        features = MLP(self.hidden_dims)(obs)
+        mean = nn.Dense(self.action_dim)(features)
+        # Squash log-std smoothly into [LOG_STD_MIN, LOG_STD_MAX] instead of clipping, so the
+        # gradient never vanishes at the bounds.
+        raw = jnp.tanh(nn.Dense(self.action_dim)(features))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw + 1.0)
+        return mean, log_std

@@ -20,3 +20,6 @@ class Batch(NamedTuple):
     next_obs: jax.Array  # [..., B, obs_dim]
     terminated: jax.Array  # [..., B] float32 in {0, 1}
     truncated: jax.Array  # [..., B] float32 in {0, 1}
+
+
+Metrics = dict[str, jax.Array]  # scalar metrics of an update, by name

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from diffmaxent.errors import UsageError
+from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, evaluate
 
 DEFAULT_FPS = 30
 
@@ -49,8 +50,6 @@ def record_video(
         UsageError: the env cannot render frames offscreen, or the writer is missing.
     """
     import imageio.v2 as imageio
-
-    from diffmaxent.training import EVAL_SEED_OFFSET, evaluate
 
     try:
         env = loaded.config.make_env(seed + EVAL_SEED_OFFSET, render_mode="rgb_array")

@@ -1,8 +1,8 @@
-"""Pieces every agent composes: the agent interface, TD targets, Polyak averaging, temperature."""
+"""Pieces every replay-based agent composes: the agent interface, the states of SAC-style and
+CrossQ-style agents, gradient steps, Polyak averaging and the temperature step."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -11,11 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from diffmaxent.config import AUTO, Preset
-from diffmaxent.critics import td_target  # noqa: F401  (re-exported: agents import it from here)
-from diffmaxent.envs.factory import EnvSpec
-
-Metrics = dict[str, jax.Array]
+from diffmaxent.types import Metrics
 
 
 class Agent(NamedTuple):
@@ -35,21 +31,6 @@ class Agent(NamedTuple):
     act: Callable[..., jax.Array]
     update: Callable[..., tuple[Any, Metrics]]
     phases: Mapping[str, Callable[..., Any]] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class AlgoSpec:
-    """Registry entry: how to configure and build an algorithm."""
-
-    name: str
-    description: str
-    config_cls: type
-    make: Callable[[Any, EnvSpec], Agent]
-    presets: Mapping[str, Preset]
-    loop: str = "off_policy"
-    # preset name -> the suite ("gym", "dmc", "myo") its published values were tuned on; picking
-    # it for another suite warns. Presets not listed (cpu, ...) suit any env.
-    preset_suites: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class ActorCriticState(struct.PyTreeNode):
@@ -193,16 +174,6 @@ def scan_updates(
 
 
 # --- temperature ---------------------------------------------------------------------------------
-
-
-def temperature_is_auto(temperature: float | str) -> bool:
-    return temperature == AUTO
-
-
-def initial_log_temperature(temperature: float | str, init_temperature: float) -> jax.Array:
-    """Learnable log-temperature for ``auto``; the fixed value's log otherwise."""
-    value = init_temperature if temperature_is_auto(temperature) else float(temperature)
-    return jnp.log(jnp.asarray(value, dtype=jnp.float32))
 
 
 def temperature_loss(

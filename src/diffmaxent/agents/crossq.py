@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -24,53 +23,36 @@ import optax
 
 from diffmaxent.agents.common import (
     Agent,
-    AlgoSpec,
     CrossQStyleState,
-    Metrics,
-    initial_log_temperature,
     policy_delayed_step,
     scan_updates,
-    temperature_is_auto,
     temperature_step,
 )
-from diffmaxent.agents.sac import GaussianActor
-from diffmaxent.config import AUTO, hp
-from diffmaxent.critics import CrossQCritic
+from diffmaxent.agents.groups import (
+    ActorNetwork,
+    CrossQCriticSettings,
+    CrossQOptimisers,
+    Discount,
+    TargetEntropy,
+    Temperature,
+)
+from diffmaxent.config import Preset, with_defaults
 from diffmaxent.distributions import squashed_gaussian_sample
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.types import Batch
+from diffmaxent.nn import GaussianActor
+from diffmaxent.types import Batch, Metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class CrossQConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CrossQConfig(
+    ActorNetwork,
+    CrossQCriticSettings,
+    TargetEntropy,
+    with_defaults(Temperature, temperature_lr=1e-3),
+    CrossQOptimisers,
+    Discount,
+):
     """Gaussian policy with DIME's CrossQ critic; defaults are DIME's shared settings."""
-
-    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
-    actor_lr: float = hp(3e-4, "actor Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
-    adam_b1: float = hp(0.5, "Adam beta1 of actor and critic (CrossQ's 0.5)", low=0.0, high=1.0)
-    hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of the actor", low=1)
-    critic_hidden_dims: tuple[int, ...] = hp((2048, 2048), "hidden widths of each critic", low=1)
-    temperature: float | Literal["auto"] = hp(
-        AUTO, "alpha: a number, or auto to tune it", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(1.0, "initial alpha when temperature=auto", low=0.0, low_open=True)
-    temperature_lr: float = hp(1e-3, "alpha Adam learning rate (auto)", low=0.0, low_open=True)
-    target_entropy: float | Literal["auto"] = hp(
-        AUTO, "entropy target for temperature=auto; auto means -|A|"
-    )
-    critic_type: Literal["distributional", "scalar"] = hp(
-        "distributional", "categorical critic (DIME) or scalar regression (CrossQ)"
-    )
-    num_atoms: int = hp(101, "atoms of the categorical critic", low=2)
-    v_min: float = hp(-200.0, "lowest atom of the categorical critic")
-    v_max: float = hp(200.0, "highest atom of the categorical critic")
-    critic_entropy_coef: float = hp(0.005, "bonus on the critic distributions' entropy", low=0.0)
-    num_critics: int = hp(2, "critics in the ensemble", low=1)
-    q_reduce: Literal["mean", "min"] = hp("mean", "combine critics: mean (DIME) or min (CrossQ)")
-    bn_momentum: float = hp(0.99, "BatchRenorm running-statistics momentum", low=0.0, high=1.0)
-    bn_warmup: int = hp(100_000, "critic steps of plain BatchNorm before renorm", low=0)
-    policy_delay: int = hp(3, "critic steps per actor and alpha step", low=1)
 
 
 CrossQState = CrossQStyleState
@@ -81,34 +63,18 @@ ACTOR_METRICS = ("actor_loss", "entropy")
 
 def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
     """Build the CrossQ agent's pure ``init`` / ``act`` / ``update`` for one env."""
-    actor = GaussianActor(config.hidden_dims, spec.action_dim)
-    critic = CrossQCritic(
-        spec.obs_dim,
-        spec.action_dim,
-        hidden_dims=config.critic_hidden_dims,
-        num_critics=config.num_critics,
-        head=config.critic_type,
-        num_atoms=config.num_atoms,
-        v_min=config.v_min,
-        v_max=config.v_max,
-        entropy_coef=config.critic_entropy_coef,
-        q_reduce=config.q_reduce,
-        momentum=config.bn_momentum,
-        warmup_steps=config.bn_warmup,
-    )
-    actor_optimizer = optax.adam(config.actor_lr, b1=config.adam_b1)
-    critic_optimizer = optax.adam(config.critic_lr, b1=config.adam_b1)
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
-    target_entropy = (
-        -float(spec.action_dim) if config.target_entropy == AUTO else float(config.target_entropy)
-    )
+    actor = GaussianActor(config.actor_hidden_dims, spec.action_dim)
+    critic = config.critic(spec.obs_dim, spec.action_dim)
+    actor_optimizer = config.actor_optimizer()
+    critic_optimizer = config.critic_optimizer()
+    temperature_optimizer = config.temperature_optimizer()
+    target_entropy = config.target_entropy_value(spec.action_dim)
 
     def init(key: jax.Array) -> CrossQState:
         actor_key, critic_key = jax.random.split(key)
         actor_params = actor.init(actor_key, jnp.zeros((1, spec.obs_dim), jnp.float32))
         critic_params, batch_stats = critic.init(critic_key)
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return CrossQState(
             actor_params=actor_params,
             critic_params=critic_params,
@@ -159,7 +125,7 @@ def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
             temperature_optimizer,
             entropy,
             target_entropy,
-            learn_temperature,
+            config.learns_temperature,
         )
         metrics = {"actor_loss": loss, "entropy": jnp.mean(entropy)}
         return actor_params, actor_opt_state, log_temperature, temperature_opt_state, metrics
@@ -212,31 +178,24 @@ PAPER = {
     "eval_every": 3_000,
     "eval_episodes": 5,
 }
+PAPER_NOTE = "DIME's official settings for its Gaussian baseline, with the critic support of {}."
 
-
-def cpu_preset(env_id: str) -> dict:
-    """A narrow critic for short CPU runs (about 10 ms per env step on 2 cores)."""
-    return {
-        "critic_hidden_dims": (256, 256),
-        "bn_warmup": 10_000,
-        "batch_size": 128,
-        "updates_per_step": 2,
-        "learning_starts": 1_000,
-        "eval_every": 1_000,
-        **_support(1600.0),
-    }
-
-
-ALGO = AlgoSpec(
-    name="crossq",
-    description="Gaussian SAC policy with DIME's CrossQ critic (BatchRenorm, no target network)",
-    config_cls=CrossQConfig,
-    make=make,
-    preset_suites={"paper-dmc": "dmc", "paper-gym": "gym", "paper-myo": "myo"},
-    presets={
-        "paper-dmc": {**PAPER, **_support(200.0)},
-        "paper-gym": {**PAPER, **_support(1600.0)},
-        "paper-myo": {**PAPER, **_support(200.0)},
-        "cpu": cpu_preset,
-    },
-)
+PRESETS = {
+    "paper-dmc": Preset({**PAPER, **_support(200.0)}, PAPER_NOTE.format("DMC"), suite="dmc"),
+    "paper-gym": Preset({**PAPER, **_support(1600.0)}, PAPER_NOTE.format("Gym"), suite="gym"),
+    "paper-myo": Preset(
+        {**PAPER, **_support(200.0)}, PAPER_NOTE.format("the shipped default"), suite="myo"
+    ),
+    "cpu": Preset(
+        {
+            "critic_hidden_dims": (256, 256),
+            "bn_warmup": 10_000,
+            "batch_size": 128,
+            "updates_per_step": 2,
+            "learning_starts": 1_000,
+            "eval_every": 1_000,
+            **_support(1600.0),
+        },
+        "A narrow critic for short CPU runs (about 10 ms per env step on 2 cores).",
+    ),
+}

@@ -40,24 +40,17 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from diffmaxent.agents.common import (
-    AlgoSpec,
-    initial_log_temperature,
-    temperature_is_auto,
-    temperature_step,
+from diffmaxent.agents.common import temperature_step
+from diffmaxent.agents.groups import (
+    ChainTargetEntropy,
+    CriticNetwork,
+    DenoisingChain,
+    Discount,
+    Optimisers,
+    PPOCore,
+    Temperature,
 )
-from diffmaxent.config import AUTO, hp
-from diffmaxent.diffusion.augmented import (
-    AugmentedValue,
-    DenoisingPolicy,
-    entropy_estimate,
-    expand,
-    prior_sample,
-    soft_rewards,
-    step_discounts,
-)
-from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.onpolicy import (
+from diffmaxent.agents.onpolicy import (
     ObsNorm,
     OnPolicyAgent,
     Rollout,
@@ -65,46 +58,35 @@ from diffmaxent.onpolicy import (
     gae,
     minibatch_epochs,
 )
+from diffmaxent.config import Preset, hp, with_defaults
+from diffmaxent.diffusion.augmented import (
+    AugmentedValue,
+    entropy_estimate,
+    expand,
+    prior_sample,
+    soft_rewards,
+    step_discounts,
+)
+from diffmaxent.envs.factory import EnvSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class DiffPPOConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiffPPOConfig(
+    with_defaults(DenoisingChain, actor_hidden_dims=(64, 64), num_diffusion_steps=4),
+    with_defaults(CriticNetwork, critic_hidden_dims=(64, 64)),
+    ChainTargetEntropy,
+    with_defaults(Temperature, init_temperature=0.01, temperature_lr=3e-3),
+    with_defaults(PPOCore, batch_size=512),
+    Optimisers,
+    Discount,
+):
     """DiffPPO hyperparameters (defaults: a CPU-sized version of the DA-MDP PPO settings)."""
 
-    gamma: float = hp(0.99, "discount across an env transition", low=0.0, high=1.0)
-    denoising_gamma: float = hp(1.0, "discount between denoising steps", low=0.0, high=1.0)
-    gae_lambda: float = hp(0.95, "GAE lambda across an env transition", low=0.0, high=1.0)
     denoising_lambda: float = hp(1.0, "GAE lambda between denoising steps", low=0.0, high=1.0)
-    clip: float = hp(0.2, "PPO ratio clip epsilon (per denoising kernel)", low=0.0, low_open=True)
     clip_value: bool = hp(False, "clip the value update as the official code does")
-    epochs: int = hp(10, "passes over each rollout", low=1)
-    batch_size: int = hp(512, "augmented transitions per gradient step (minibatch)", low=1)
-    actor_lr: float = hp(3e-4, "denoiser Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "value Adam learning rate", low=0.0, low_open=True)
-    temperature_lr: float = hp(3e-3, "temperature Adam learning rate", low=0.0, low_open=True)
-    hidden_dims: tuple[int, ...] = hp((64, 64), "hidden widths of the denoiser", low=1)
-    critic_hidden_dims: tuple[int, ...] = hp((64, 64), "hidden widths of V(s, x, k)", low=1)
-    num_diffusion_steps: int = hp(4, "denoising steps K per env step", low=1)
-    prior_std: float = hp(2.5, "std of the prior latent x_0", low=0.0, low_open=True)
-    step_size: float = hp(0.125, "largest step size eta (dt / friction)", low=0.0, low_open=True)
-    min_step_fraction: float = hp(0.05, "last step size over the first", low=0.0, low_open=True)
-    step_schedule: Literal["linear", "cosine"] = hp("linear", "shape of the step sizes")
-    control: Literal["drift", "noise"] = hp(
-        "drift", "network output is the drift f (DIME) or the mean's move in noise stds"
-    )
-    temperature: float | Literal["auto"] = hp(
-        AUTO, "entropy temperature alpha: a number, or auto to learn it", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(0.01, "initial alpha when learned", low=0.0, low_open=True)
-    target_entropy: float | Literal["auto"] = hp(
-        AUTO, "target of -K mean(log p_gen - log p_ref); auto means -3 |A| (official)"
-    )
     anneal_steps: int = hp(0, "env steps to anneal a fixed alpha over (0: constant)", low=0)
     final_temperature: float = hp(1e-5, "alpha at the end of annealing", low=0.0, low_open=True)
     soft_reward: Literal["paper", "official"] = hp("paper", "where the entropy term sits")
-    max_grad_norm: float = hp(0.5, "global gradient-norm clip", low=0.0, low_open=True)
-    reward_scale: float = hp(1.0, "multiplies env rewards before GAE", low=0.0, low_open=True)
-    normalize_obs: bool = hp(True, "running mean/std observation normalisation")
 
 
 class DiffPPOState(struct.PyTreeNode):
@@ -122,28 +104,13 @@ class DiffPPOState(struct.PyTreeNode):
 def make(config: DiffPPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     """Build DiffPPO's pure ``init`` / ``act`` / ``collect`` / ``update`` for one env."""
     num_steps = config.num_diffusion_steps
-    policy = DenoisingPolicy(
-        spec.action_dim,
-        num_steps,
-        config.hidden_dims,
-        config.prior_std,
-        config.step_size,
-        config.min_step_fraction,
-        config.step_schedule,
-        control=config.control,
-    )
+    policy = config.denoising_policy(spec.action_dim)
     critic = AugmentedValue(config.critic_hidden_dims, num_steps, config.prior_std)
-    actor_optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.actor_lr)
-    )
-    critic_optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr)
-    )
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
-    target_entropy = (
-        -3.0 * spec.action_dim if config.target_entropy == AUTO else float(config.target_entropy)
-    )
+    actor_optimizer = config.clip_gradients(config.actor_optimizer())
+    critic_optimizer = config.clip_gradients(config.critic_optimizer())
+    temperature_optimizer = config.temperature_optimizer()
+    learn_temperature = config.learns_temperature
+    target_entropy = config.target_entropy_value(spec.action_dim)
 
     def init(key: jax.Array) -> DiffPPOState:
         actor_key, critic_key = jax.random.split(key)
@@ -154,7 +121,7 @@ def make(config: DiffPPOConfig, spec: EnvSpec) -> OnPolicyAgent:
             jnp.zeros((1, spec.action_dim)),
             jnp.zeros((1,), jnp.int32),
         )
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return DiffPPOState(
             actor_params=actor_params,
             critic_params=critic_params,
@@ -329,21 +296,9 @@ def make(config: DiffPPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     return OnPolicyAgent(init=init, act=act, collect=collect, update=update)
 
 
-ALGO = AlgoSpec(
-    name="diffppo",
-    description="DiffPPO (DMERL): PPO on the diffusion-augmented MDP, K Gaussian kernels",
-    config_cls=DiffPPOConfig,
-    make=make,
-    # The DA-MDP repo runs on DeepMind Control (MJX).
-    preset_suites={"paper": "dmc"},
-    presets={
-        # DA-MDP PPO (notes section 1.5): K = 8, prior std 2.5, linear steps down to 0.05,
-        # friction 1, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, 16 epochs,
-        # entropy target 3 |A| below the prior, alpha from 0.002, clip 0.2, clipped value loss,
-        # grad clip 0.5, 4 x 256 denoiser; 2048 envs x 128 steps with 128 minibatches become
-        # 16 envs x 128 steps and minibatches of 512 on a CPU. The soft reward stays the
-        # paper's (soft_reward=official gives the code's).
-        "paper": {
+PRESETS = {
+    "paper": Preset(
+        {
             "num_diffusion_steps": 8,
             "gamma": 0.999,
             "denoising_gamma": 0.999,
@@ -353,14 +308,22 @@ ALGO = AlgoSpec(
             "critic_lr": 1e-4,
             "epochs": 16,
             "batch_size": 512,
-            "hidden_dims": (256, 256, 256, 256),
+            "actor_hidden_dims": (256, 256, 256, 256),
             "critic_hidden_dims": (512, 512),
             "init_temperature": 0.002,
             "clip_value": True,
             "num_envs": 16,
             "rollout_steps": 128,
         },
-        "cpu": {
+        "DA-MDP PPO (it runs DeepMind Control on MJX): K = 8, prior std 2.5, linear steps down "
+        "to 0.05, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, 16 epochs, entropy "
+        "target 3 |A| below the prior, alpha from 0.002, clipped value loss, 4 x 256 denoiser; "
+        "its 2048 envs x 128 steps in 128 minibatches become 16 envs x 128 steps and minibatches "
+        "of 512 on a CPU. The soft reward stays the paper's (soft_reward=official: the code's).",
+        suite="dmc",
+    ),
+    "cpu": Preset(
+        {
             "gamma": 0.95,
             "actor_lr": 1e-3,
             "critic_lr": 1e-3,
@@ -369,6 +332,6 @@ ALGO = AlgoSpec(
             "rollout_steps": 256,
             "eval_every": 20_000,
         },
-    },
-    loop="on_policy",
-)
+        "Tuned on Pendulum-v1 like ppo's cpu preset (docs/benchmarks.md, section DMERL).",
+    ),
+}

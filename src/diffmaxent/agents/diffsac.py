@@ -1,12 +1,12 @@
 """DiffSAC: soft actor-critic on the diffusion-augmented MDP (DMERL, Sanokowski, Patil, Knoll,
 arXiv:2512.02019, v1/v2; the later version drops DiffSAC).
 
-The version of the paper that contains DiffSAC could not be read where this was written, and the
-public code has no DiffSAC trainer; the summary we have says "a diffusion value function and a
-log-ratio correction". The equations used here are SAC's (Haarnoja et al. 2018b, eqs. 5-7)
-written for the augmented MDP of :mod:`diffmaxent.diffusion.augmented`, with SAC's
-``log pi(a|s)`` replaced by the per-step log-ratio ``l_j = log p_gen(x_{j+1} | x_j, s, j) -
-log p_ref(x_j | x_{j+1}, j)`` (the log-ratio correction). Since a denoising transition
+DiffSAC is described only in the paper's early versions, as "a diffusion value function and a
+log-ratio correction", and the public code has no DiffSAC trainer. The equations used here are
+SAC's (Haarnoja et al. 2018b, eqs. 5-7) written for the augmented MDP of
+:mod:`diffmaxent.diffusion.augmented`, with SAC's ``log pi(a|s)`` replaced by the per-step
+log-ratio ``l_j = log p_gen(x_{j+1} | x_j, s, j) - log p_ref(x_j | x_{j+1}, j)`` (the log-ratio
+correction). Since a denoising transition
 ``(s, x_j, j) -> x_{j+1}`` leads deterministically to ``(s, x_{j+1}, j+1)``, the augmented
 ``Q((s, x_j, j), x_{j+1})`` is a function ``U(s, x_{j+1}, j+1)`` of the latent just produced:
 the *diffusion value function* over denoising levels ``m = 1 .. K``.
@@ -58,16 +58,20 @@ from flax import struct
 
 from diffmaxent.agents.common import (
     Agent,
-    AlgoSpec,
-    Metrics,
-    initial_log_temperature,
     polyak_update,
     scan_updates,
-    td_target,
-    temperature_is_auto,
     temperature_step,
 )
-from diffmaxent.config import AUTO, hp
+from diffmaxent.agents.groups import (
+    ChainTargetEntropy,
+    DenoisingChain,
+    Discount,
+    Optimisers,
+    TargetCritics,
+    Temperature,
+)
+from diffmaxent.config import Preset, hp, with_defaults
+from diffmaxent.critics import td_target
 from diffmaxent.diffusion.augmented import (
     AugmentedValue,
     DenoisingPolicy,
@@ -75,43 +79,25 @@ from diffmaxent.diffusion.augmented import (
     prior_sample,
 )
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.nn import EnsembleCritic
-from diffmaxent.types import Batch
+from diffmaxent.types import Batch, Metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class DiffSACConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DiffSACConfig(
+    with_defaults(DenoisingChain, num_diffusion_steps=4),
+    TargetCritics,
+    ChainTargetEntropy,
+    with_defaults(Temperature, init_temperature=0.1),
+    Optimisers,
+    Discount,
+):
     """DiffSAC hyperparameters (SAC's defaults where they apply, the DA-MDP sampler's else)."""
 
-    gamma: float = hp(0.99, "discount across an env transition", low=0.0, high=1.0)
-    denoising_gamma: float = hp(1.0, "discount between denoising steps", low=0.0, high=1.0)
-    tau: float = hp(0.005, "Polyak step of the target critics", low=0.0, high=1.0)
-    actor_lr: float = hp(3e-4, "denoiser Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
-    temperature_lr: float = hp(3e-4, "temperature Adam learning rate", low=0.0, low_open=True)
-    hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of the denoiser", low=1)
-    critic_hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of Q and U", low=1)
-    num_critics: int = hp(2, "critics in each ensemble (min over them)", low=1)
-    num_diffusion_steps: int = hp(4, "denoising steps K per env step", low=1)
-    prior_std: float = hp(2.5, "std of the prior latent x_0", low=0.0, low_open=True)
-    step_size: float = hp(0.125, "largest step size eta (dt / friction)", low=0.0, low_open=True)
-    min_step_fraction: float = hp(0.05, "last step size over the first", low=0.0, low_open=True)
-    step_schedule: Literal["linear", "cosine"] = hp("linear", "shape of the step sizes")
-    control: Literal["drift", "noise"] = hp(
-        "drift", "network output is the drift f (DIME) or the mean's move in noise stds"
-    )
     env_target: Literal["level", "chain"] = hp(
         "chain", "bootstrap Q(s, a) from a whole chain at s' or from U(s', x_1', 1)"
     )
     level_target: Literal["td", "chain"] = hp(
         "td", "regress U on the next level's target U or on the chain's own return"
-    )
-    temperature: float | Literal["auto"] = hp(
-        AUTO, "entropy temperature alpha: a number, or auto to tune it", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(0.1, "initial alpha when temperature=auto", low=0.0, low_open=True)
-    target_entropy: float | Literal["auto"] = hp(
-        AUTO, "target of -sum_j l_j per env step; auto means -3 |A|"
     )
 
 
@@ -198,27 +184,15 @@ def build(
     """The augmented-MDP actor-critic of (A1), (A2), (A4) with the policy-improvement rule
     ``improvement``; ``make`` (DiffSAC) plugs in (A3)."""
     num_steps = config.num_diffusion_steps
-    policy = DenoisingPolicy(
-        spec.action_dim,
-        num_steps,
-        config.hidden_dims,
-        config.prior_std,
-        config.step_size,
-        config.min_step_fraction,
-        config.step_schedule,
-        control=config.control,
-    )
-    env_critic = EnsembleCritic(config.critic_hidden_dims, config.num_critics)
+    policy = config.denoising_policy(spec.action_dim)
+    env_critic = config.critic()
     level_critic = LevelCritic(
         config.critic_hidden_dims, num_steps, config.prior_std, config.num_critics
     )
-    actor_optimizer = optax.adam(config.actor_lr)
-    critic_optimizer = optax.adam(config.critic_lr)
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
-    target_entropy = (
-        -3.0 * spec.action_dim if config.target_entropy == AUTO else float(config.target_entropy)
-    )
+    actor_optimizer = config.actor_optimizer()
+    critic_optimizer = config.critic_optimizer()
+    temperature_optimizer = config.temperature_optimizer()
+    target_entropy = config.target_entropy_value(spec.action_dim)
 
     def soft_q(critic_params: dict, obs: jax.Array, x: jax.Array, first_level: int) -> jax.Array:
         """``min_i U_i(s, x[l], first_level + l)`` for ``obs [B, d]`` and latents ``x [L, B, A]``
@@ -248,7 +222,7 @@ def build(
             "env": env_critic.init(env_key, obs, action),
             "levels": level_critic.init(level_key, obs, action, jnp.ones((1,), jnp.int32)),
         }
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return AugmentedState(
             actor_params=actor_params,
             critic_params=critic_params,
@@ -348,7 +322,7 @@ def build(
             temperature_optimizer,
             entropy,
             target_entropy,
-            learn_temperature,
+            config.learns_temperature,
         )
         new_state = AugmentedState(
             actor_params=actor_params,
@@ -405,27 +379,25 @@ def make(config: DiffSACConfig, spec: EnvSpec) -> Agent:
     return build(config, spec, soft_actor_improvement)
 
 
-CPU_PRESET = {
-    "hidden_dims": (128, 128),
-    "critic_hidden_dims": (128, 128),
-    "batch_size": 128,
-    "control": "noise",
-    "learning_starts": 1_000,
-    "eval_every": 1_000,
-}
-
-ALGO = AlgoSpec(
-    name="diffsac",
-    description="DiffSAC (DMERL): SAC on the diffusion-augmented MDP, per-level soft Q",
-    config_cls=DiffSACConfig,
-    make=make,
-    preset_suites={"paper": "gym"},  # SAC's Gym MuJoCo settings
-    presets={
-        # K = 8 and the DA-MDP sampler (prior std 2.5, linear steps down to 0.05); SAC's
-        # networks, rates and replay (Haarnoja et al. 2018b, Table 1).
-        "paper": {"num_diffusion_steps": 8, "learning_starts": 10_000},
-        # Narrower networks and batch for a 2-core CPU; the output in noise units
-        # (docs/benchmarks.md, section DMERL).
-        "cpu": CPU_PRESET,
+CPU_PRESET = Preset(
+    {
+        "actor_hidden_dims": (128, 128),
+        "critic_hidden_dims": (128, 128),
+        "batch_size": 128,
+        "control": "noise",
+        "learning_starts": 1_000,
+        "eval_every": 1_000,
     },
+    "Narrower networks and batch for a 2-core CPU, the network's output in noise units "
+    "(docs/benchmarks.md, section DMERL).",
 )
+
+PRESETS = {
+    "paper": Preset(
+        {"num_diffusion_steps": 8, "learning_starts": 10_000},
+        "K = 8 and the DA-MDP sampler (prior std 2.5, linear steps down to 0.05); SAC's "
+        "networks, rates and replay (Haarnoja et al. 2018b, Table 1).",
+        suite="gym",
+    ),
+    "cpu": CPU_PRESET,
+}

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffmaxent.agents.common import Agent, AlgoSpec, polyak_update
+from diffmaxent.agents.common import Agent, polyak_update
 from diffmaxent.agents.diffsac import (
     CPU_PRESET,
     Context,
@@ -45,11 +45,11 @@ from diffmaxent.agents.diffsac import (
     PolicyImprovement,
     build,
 )
-from diffmaxent.config import hp
+from diffmaxent.config import Preset, hp
 from diffmaxent.envs.factory import EnvSpec
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DiffWPOConfig(DiffSACConfig):
     """DiffSAC's settings plus the WPO step's (trust region from the DA-MDP WPO config)."""
 
@@ -132,18 +132,9 @@ def make(config: DiffWPOConfig, spec: EnvSpec) -> Agent:
     return build(config, spec, wpo_improvement(config))
 
 
-ALGO = AlgoSpec(
-    name="diffwpo",
-    description="DiffWPO (DMERL): Wasserstein policy step per denoising kernel, KL trust region",
-    config_cls=DiffWPOConfig,
-    make=make,
-    # The DA-MDP repo runs on DeepMind Control (MJX).
-    preset_suites={"paper": "dmc"},
-    presets={
-        # DA-MDP WPO (notes section 1.5): K = 8, prior std 3, linear steps down to 0.17 with
-        # dt 0.125 / friction 0.25, KL bound 0.02, dual lr 6e-4, lr 1e-3; replay and critics
-        # as DiffSAC's paper preset.
-        "paper": {
+PRESETS = {
+    "paper": Preset(
+        {
             "num_diffusion_steps": 8,
             "prior_std": 3.0,
             "step_size": 0.5,
@@ -152,8 +143,10 @@ ALGO = AlgoSpec(
             "critic_lr": 1e-3,
             "learning_starts": 10_000,
         },
-        # Narrower networks and batch for a 2-core CPU; the output in noise units
-        # (docs/benchmarks.md, section DMERL).
-        "cpu": CPU_PRESET,
-    },
-)
+        "DA-MDP WPO (it runs DeepMind Control on MJX): K = 8, prior std 3, linear steps down to "
+        "0.17 with dt 0.125 / friction 0.25, KL bound 0.02, dual lr 6e-4, lr 1e-3; replay and "
+        "critics as DiffSAC's paper preset.",
+        suite="dmc",
+    ),
+    "cpu": CPU_PRESET,
+}

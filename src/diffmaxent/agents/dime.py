@@ -28,16 +28,14 @@
   steps; the actor and temperature step after every ``policy_delay``-th (3) critic step, inside
   the scan (``lax.cond`` on the step counter).
 
-Paper vs official code. The paper's body could not be read where this was written, so defaults
-are the official code's (ALRhub/DIME), which the shared notes checked line by line, with its
-hidden choices exposed: mean (not min) of the critics in the actor and in the target
-(``q_reduce``); the 0.005 entropy bonus on the critic's distributions (``critic_entropy_coef``);
-Adam ``b1 = 0.5`` for actor and critic (``adam_b1``); the actor gradient clipped elementwise to
-+-1 after zeroing NaNs (``actor_grad_clip``); BatchRenorm warm-up of 100k critic steps
-(``bn_warmup``). Evaluation: the code ignores ``deterministic`` and samples the chain
-(``deterministic_action=sample``, default); ``zero_noise`` runs the chain without noise instead.
-The code's "target actor" is a hard copy after every actor step, i.e. the current actor, so there
-is none here.
+Official code. Defaults are the official code's (ALRhub/DIME), with its hidden choices exposed: mean
+(not min) of the critics in the actor and in the target (``q_reduce``); the 0.005 entropy bonus on
+the critic's distributions (``critic_entropy_coef``); Adam ``b1 = 0.5`` for actor and critic
+(``adam_b1``); the actor gradient clipped elementwise to +-1 after zeroing NaNs
+(``actor_grad_clip``); BatchRenorm warm-up of 100k critic steps (``bn_warmup``). Evaluation: the
+code ignores ``deterministic`` and samples the chain (``deterministic_action=sample``, default);
+``zero_noise`` runs the chain without noise instead. The code's "target actor" is a hard copy after
+every actor step, i.e. the current actor, so there is none here.
 """
 
 from __future__ import annotations
@@ -52,51 +50,44 @@ import optax
 
 from diffmaxent.agents.common import (
     Agent,
-    AlgoSpec,
     CrossQStyleState,
-    Metrics,
-    initial_log_temperature,
     policy_delayed_step,
     scan_updates,
-    temperature_is_auto,
     temperature_step,
 )
-from diffmaxent.config import AUTO, hp
-from diffmaxent.critics import CrossQCritic
+from diffmaxent.agents.groups import (
+    CrossQCriticSettings,
+    CrossQOptimisers,
+    Discount,
+    PriorChain,
+    Temperature,
+)
+from diffmaxent.config import AUTO, Preset, hp, with_defaults
 from diffmaxent.diffusion.dime import DIMEPolicy
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.types import Batch
+from diffmaxent.types import Batch, Metrics
 
 # The official hard-coded temperature target: mean running cost -> 4 |A|.
 OFFICIAL_RUNNING_COST_PER_DIM = 4.0
 
 
-@dataclasses.dataclass(frozen=True)
-class DIMEConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DIMEConfig(
+    with_defaults(PriorChain, num_diffusion_steps=16, actor_hidden_dims=(256, 256, 256)),
+    CrossQCriticSettings,
+    with_defaults(Temperature, temperature_lr=1e-3),
+    CrossQOptimisers,
+    Discount,
+):
     """DIME hyperparameters; defaults are the official code's (see the module docstring)."""
 
-    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
-    actor_lr: float = hp(
-        3e-4, "actor Adam learning rate (network, dt, friction)", low=0.0, low_open=True
-    )
-    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
-    adam_b1: float = hp(0.5, "Adam beta1 of actor and critic (CrossQ's 0.5)", low=0.0, high=1.0)
     actor_grad_clip: float = hp(1.0, "elementwise actor gradient clip (0 = off)", low=0.0)
-    hidden_dims: tuple[int, ...] = hp((256, 256, 256), "hidden widths of the control net", low=1)
-    critic_hidden_dims: tuple[int, ...] = hp((2048, 2048), "hidden widths of each critic", low=1)
-    num_diffusion_steps: int = hp(16, "N: Euler-Maruyama steps of the chain", low=1)
-    prior_std: float = hp(2.5, "std of the fixed Gaussian prior of x_0", low=0.0, low_open=True)
     init_dt: float = hp(0.1, "initial overall step size dt", low=0.0, low_open=True)
     init_friction: float = hp(1.0, "initial friction per action dim", low=0.0, low_open=True)
     learn_dt: bool = hp(True, "learn the overall step size")
     learn_friction: bool = hp(True, "learn the per-dimension friction")
     time_dim: int = hp(256, "width of the time encoder", low=1)
     num_frequencies: int = hp(256, "Fourier frequencies of the step index", low=1)
-    temperature: float | Literal["auto"] = hp(
-        AUTO, "alpha: a number, or auto to tune it", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(1.0, "initial alpha when temperature=auto", low=0.0, low_open=True)
-    temperature_lr: float = hp(1e-3, "alpha Adam learning rate (auto)", low=0.0, low_open=True)
     temperature_target: Literal["running_cost", "bound"] = hp(
         "running_cost",
         "auto alpha tunes: running_cost (official, towards 4|A|) or bound (full entropy bound)",
@@ -104,18 +95,6 @@ class DIMEConfig:
     target_entropy_per_dim: float | Literal["auto"] = hp(
         AUTO, "target per action dim when temperature_target=bound; auto = -1"
     )
-    critic_type: Literal["distributional", "scalar"] = hp(
-        "distributional", "categorical critic (DIME) or scalar regression (CrossQ)"
-    )
-    num_atoms: int = hp(101, "atoms of the categorical critic", low=2)
-    v_min: float = hp(-200.0, "lowest atom of the categorical critic")
-    v_max: float = hp(200.0, "highest atom of the categorical critic")
-    critic_entropy_coef: float = hp(0.005, "bonus on the critic distributions' entropy", low=0.0)
-    num_critics: int = hp(2, "critics in the ensemble", low=1)
-    q_reduce: Literal["mean", "min"] = hp("mean", "combine critics: mean (DIME) or min")
-    bn_momentum: float = hp(0.99, "BatchRenorm running-statistics momentum", low=0.0, high=1.0)
-    bn_warmup: int = hp(100_000, "critic steps of plain BatchNorm before renorm", low=0)
-    policy_delay: int = hp(3, "critic steps per actor and alpha step", low=1)
     deterministic_action: Literal["sample", "zero_noise"] = hp(
         "sample", "act(deterministic=True): sample (official) or the noiseless chain"
     )
@@ -132,7 +111,7 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
     action_dim = spec.action_dim
     policy = DIMEPolicy(
         action_dim,
-        hidden_dims=config.hidden_dims,
+        hidden_dims=config.actor_hidden_dims,
         num_steps=config.num_diffusion_steps,
         prior_std=config.prior_std,
         init_dt=config.init_dt,
@@ -142,27 +121,11 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
         time_dim=config.time_dim,
         num_frequencies=config.num_frequencies,
     )
-    critic = CrossQCritic(
-        spec.obs_dim,
-        action_dim,
-        hidden_dims=config.critic_hidden_dims,
-        num_critics=config.num_critics,
-        head=config.critic_type,
-        num_atoms=config.num_atoms,
-        v_min=config.v_min,
-        v_max=config.v_max,
-        entropy_coef=config.critic_entropy_coef,
-        q_reduce=config.q_reduce,
-        momentum=config.bn_momentum,
-        warmup_steps=config.bn_warmup,
-    )
+    critic = config.critic(spec.obs_dim, action_dim)
     clip = [optax.clip(config.actor_grad_clip)] if config.actor_grad_clip > 0 else []
-    actor_optimizer = optax.chain(
-        optax.zero_nans(), *clip, optax.adam(config.actor_lr, b1=config.adam_b1)
-    )
-    critic_optimizer = optax.adam(config.critic_lr, b1=config.adam_b1)
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
+    actor_optimizer = optax.chain(optax.zero_nans(), *clip, config.actor_optimizer())
+    critic_optimizer = config.critic_optimizer()
+    temperature_optimizer = config.temperature_optimizer()
     if config.temperature_target == "running_cost":
         # The entropy proxy is -running_cost; the official target is running_cost = 4|A|.
         target_entropy = -OFFICIAL_RUNNING_COST_PER_DIM * action_dim
@@ -174,7 +137,7 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
         actor_key, critic_key = jax.random.split(key)
         actor_params = policy.init(actor_key, spec.obs_dim)
         critic_params, batch_stats = critic.init(critic_key)
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return DIMEState(
             actor_params=actor_params,
             critic_params=critic_params,
@@ -228,7 +191,7 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
             temperature_optimizer,
             entropy_estimate(sample),
             target_entropy,
-            learn_temperature,
+            config.learns_temperature,
         )
         metrics = {
             "actor_loss": loss,
@@ -305,46 +268,35 @@ PAPER = {
     "eval_episodes": 5,
     "eval_deterministic": False,
 }
+PAPER_NOTE = "The official code's settings (ALRhub/DIME) with the critic support of its {} runs."
 
-
-def cpu_preset(env_id: str) -> dict:
-    """A narrow critic and few diffusion steps: a few tens of ms per env step on 2 cores.
-
-    The support is Gym's +-1600 (Pendulum's returns reach -1600). On MultiGoal, whose optimal
-    maximum-entropy policy splits between four goals, alpha is fixed at 20 and the chain has 8
-    steps. At alpha 10 one of the two seeds tried kept only 2 goals after 6k steps (with 8 or 16
-    steps); alpha 20 kept 3-4 goals, at most 40% on one goal, in all 3 seeds tried
-    (docs/benchmarks_dime.md)."""
-    values: dict = {
-        "hidden_dims": (128, 128, 128),
-        "critic_hidden_dims": (256, 256),
-        "time_dim": 64,
-        "num_frequencies": 64,
-        "num_diffusion_steps": 4,
-        "bn_warmup": 10_000,
-        "batch_size": 128,
-        "updates_per_step": 2,
-        "learning_starts": 1_000,
-        "eval_every": 1_000,
-        **_support(1600.0),
-    }
-    if env_id == "MultiGoal-v0":
-        values.update({"temperature": 20.0, "num_diffusion_steps": 8})
-    return values
-
-
-ALGO = AlgoSpec(
-    name="dime",
-    description="DIME: diffusion policy, path-space entropy bound, CrossQ distributional critic",
-    config_cls=DIMEConfig,
-    make=make,
-    preset_suites={"paper-dmc": "dmc", "paper-gym": "gym", "paper-myo": "myo"},
-    presets={
-        "paper-dmc": {**PAPER, **_support(200.0)},
-        "paper-gym": {**PAPER, **_support(1600.0)},
-        # The official code ships +-200 and states nothing for MyoSuite (its success rewards are
-        # small); this keeps its shipped default.
-        "paper-myo": {**PAPER, **_support(200.0)},
-        "cpu": cpu_preset,
-    },
-)
+PRESETS = {
+    "paper-dmc": Preset({**PAPER, **_support(200.0)}, PAPER_NOTE.format("DMC"), suite="dmc"),
+    "paper-gym": Preset({**PAPER, **_support(1600.0)}, PAPER_NOTE.format("Gym"), suite="gym"),
+    "paper-myo": Preset(
+        {**PAPER, **_support(200.0)},
+        "The official code's settings; it states no support for MyoSuite (whose success rewards "
+        "are small) and this keeps its shipped +-200.",
+        suite="myo",
+    ),
+    "cpu": Preset(
+        {
+            "actor_hidden_dims": (128, 128, 128),
+            "critic_hidden_dims": (256, 256),
+            "time_dim": 64,
+            "num_frequencies": 64,
+            "num_diffusion_steps": 4,
+            "bn_warmup": 10_000,
+            "batch_size": 128,
+            "updates_per_step": 2,
+            "learning_starts": 1_000,
+            "eval_every": 1_000,
+            **_support(1600.0),
+        },
+        "A narrow critic and few diffusion steps: a few tens of ms per env step on 2 cores, with "
+        "Gym's +-1600 support. On MultiGoal alpha is fixed at 20 with 8 steps: at alpha 10 one of "
+        "two seeds kept only 2 goals after 6k steps, at 20 all 3 seeds tried kept 3-4 goals "
+        "(docs/benchmarks.md).",
+        per_task={"MultiGoal": {"temperature": 20.0, "num_diffusion_steps": 8}},
+    ),
+}

@@ -24,7 +24,7 @@ Paper vs official code (the default is the paper's; the code's behaviour is an o
 * the code decays the actor learning rate with a cosine over 2M updates (not in the paper):
   ``actor_lr_decay_steps=2000000``; the default keeps it constant;
 * the noise network has no normalisation in the code (``layer_norm=false``); the ``cpu`` preset
-  turns LayerNorm on, without which a small network barely learns (notes/cpu-feasibility.md).
+  turns LayerNorm on, without which a small network barely learns.
 
 ``temperature=auto`` is the paper's stated future work: beta is tuned towards ``target_entropy``
 using the same log-probability estimate the critic target already computes (no extra cost).
@@ -44,46 +44,43 @@ from diffmaxent import diffusion
 from diffmaxent.agents.common import (
     ActorCriticState,
     Agent,
-    AlgoSpec,
     apply_gradients,
     init_actor_critic_state,
-    initial_log_temperature,
     polyak_update,
     scan_updates,
-    td_target,
-    temperature_is_auto,
     temperature_step,
 )
-from diffmaxent.config import AUTO, hp
+from diffmaxent.agents.groups import (
+    DiffusionChain,
+    Discount,
+    Optimisers,
+    TargetCritics,
+    TargetEntropy,
+    Temperature,
+)
+from diffmaxent.config import Preset, hp, with_defaults
+from diffmaxent.critics import td_target
 from diffmaxent.diffusion import NoiseNet
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.nn import EnsembleCritic
 from diffmaxent.types import Batch
 
 
-@dataclasses.dataclass(frozen=True)
-class MaxEntDPConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaxEntDPConfig(
+    with_defaults(DiffusionChain, num_diffusion_steps=20),
+    TargetCritics,
+    TargetEntropy,
+    with_defaults(Temperature, temperature=0.1, init_temperature=0.1),
+    Optimisers,
+    Discount,
+):
     """MaxEntDP hyperparameters; defaults are the paper's (Tables B2-B3)."""
 
-    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
-    tau: float = hp(0.005, "Polyak step of the target critics", low=0.0, high=1.0)
-    actor_lr: float = hp(3e-4, "noise-network Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
-    hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of noise net and critics", low=1)
-    temperature: float | Literal["auto"] = hp(
-        0.1, "beta: a number, or auto to tune it towards target_entropy", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(0.1, "initial beta when temperature=auto", low=0.0, low_open=True)
-    temperature_lr: float = hp(3e-4, "beta Adam learning rate (auto)", low=0.0, low_open=True)
-    target_entropy: float | Literal["auto"] = hp(
-        AUTO, "entropy target for temperature=auto; auto means -|A|"
-    )
     num_qne_samples: int = hp(500, "K: candidates per state in Q-weighted noise estimation", low=1)
     score_target: Literal["qne", "idem", "qsm"] = hp(
         "qne", "policy target: qne (paper), idem or qsm (the paper's ablation, Fig. 3)"
     )
     qne_target_critic: bool = hp(True, "weight QNE candidates (and eval choices) by target critics")
-    num_diffusion_steps: int = hp(20, "sampler steps per action", low=1)
     sampler: Literal["ddim", "ddpm", "dpm_solver_2m"] = hp(
         "ddim", "ddim = probability-flow ODE (paper); ddpm = official stochastic sampler"
     )
@@ -111,20 +108,16 @@ MaxEntDPState = ActorCriticState
 def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
     """Build MaxEntDP's pure ``init`` / ``act`` / ``update`` for one env."""
     action_dim = spec.action_dim
-    noise_net = NoiseNet(action_dim, config.hidden_dims, layer_norm=config.layer_norm)
-    critic = EnsembleCritic(config.hidden_dims, num_critics=2)
-    actor_lr = (
-        optax.cosine_decay_schedule(config.actor_lr, config.actor_lr_decay_steps)
+    noise_net = NoiseNet(action_dim, config.actor_hidden_dims, layer_norm=config.layer_norm)
+    critic = config.critic()
+    actor_optimizer = (
+        optax.adam(optax.cosine_decay_schedule(config.actor_lr, config.actor_lr_decay_steps))
         if config.actor_lr_decay_steps
-        else config.actor_lr
+        else config.actor_optimizer()
     )
-    actor_optimizer = optax.adam(actor_lr)
-    critic_optimizer = optax.adam(config.critic_lr)
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
-    target_entropy = (
-        -float(action_dim) if config.target_entropy == AUTO else float(config.target_entropy)
-    )
+    critic_optimizer = config.critic_optimizer()
+    temperature_optimizer = config.temperature_optimizer()
+    target_entropy = config.target_entropy_value(action_dim)
 
     def init(key: jax.Array) -> MaxEntDPState:
         actor_key, critic_key = jax.random.split(key)
@@ -132,7 +125,7 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
         action = jnp.zeros((1, action_dim), jnp.float32)
         actor_params = noise_net.init(actor_key, obs, action, jnp.zeros((1,)))
         critic_params = critic.init(critic_key, obs, action)
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return init_actor_critic_state(
             actor_params,
             critic_params,
@@ -254,7 +247,7 @@ def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
             temperature_optimizer,
             entropy,
             target_entropy,
-            learn_temperature,
+            config.learns_temperature,
         )
         new_state = state.replace(
             actor_params=actor_params,
@@ -326,45 +319,31 @@ PAPER_TEMPERATURES = {
     "Walker2d": 0.01,
 }
 
-
-def paper_preset(env_id: str) -> dict:
-    """The paper's settings (K=500, T=20, N=50, M=10, batch 256, 10k random steps) with beta
-    from Table B1 for the six Gym MuJoCo tasks: Ant 0.05, HalfCheetah 0.2, Hopper 0.05,
-    Humanoid 0.02, Swimmer 0.01, Walker2d 0.01 (other envs keep the default 0.1)."""
-    values: dict = {"learning_starts": 10_000, "batch_size": 256, "eval_every": 10_000}
-    task = env_id.split(":")[-1].split("-")[0]
-    if task in PAPER_TEMPERATURES:
-        values["temperature"] = PAPER_TEMPERATURES[task]
-    return values
-
-
-def cpu_preset(env_id: str) -> dict:
-    """Small K, T, N and batch, LayerNorm, a second-order sampler, and a Gauss-Legendre log-prob
-    with a control variate: tens of ms per update on 2 CPU cores; learns Pendulum-v1 and
-    MultiGoal-v0 (beta 10 there)."""
-    values: dict = {
-        "batch_size": 128,
-        "num_qne_samples": 32,
-        "num_diffusion_steps": 10,
-        "sampler": "dpm_solver_2m",
-        "logprob_rule": "gauss_legendre",
-        "num_logprob_levels": 6,
-        "num_logprob_samples": 4,
-        "logprob_control_variate": True,
-        "layer_norm": True,
-        "learning_starts": 1_000,
-        "eval_every": 1_000,
-    }
-    if env_id == "MultiGoal-v0":
-        values.update({"temperature": 10.0})
-    return values
-
-
-ALGO = AlgoSpec(
-    name="maxentdp",
-    description="MaxEntDP: diffusion policy, Q-weighted noise estimation, numerical log-prob",
-    config_cls=MaxEntDPConfig,
-    make=make,
-    presets={"paper": paper_preset, "cpu": cpu_preset},
-    preset_suites={"paper": "gym"},
-)
+PRESETS = {
+    "paper": Preset(
+        {"learning_starts": 10_000, "batch_size": 256, "eval_every": 10_000},
+        "The paper's settings (Tables B2-B3: K=500, T=20, N=50, M=10, batch 256, 10k random "
+        "steps) with beta from Table B1 on the six Gym MuJoCo tasks.",
+        suite="gym",
+        per_task={task: {"temperature": beta} for task, beta in PAPER_TEMPERATURES.items()},
+    ),
+    "cpu": Preset(
+        {
+            "batch_size": 128,
+            "num_qne_samples": 32,
+            "num_diffusion_steps": 10,
+            "sampler": "dpm_solver_2m",
+            "logprob_rule": "gauss_legendre",
+            "num_logprob_levels": 6,
+            "num_logprob_samples": 4,
+            "logprob_control_variate": True,
+            "layer_norm": True,
+            "learning_starts": 1_000,
+            "eval_every": 1_000,
+        },
+        "Small K, T, N and batch, LayerNorm, a second-order sampler and a Gauss-Legendre "
+        "log-prob with a control variate: tens of ms per update on 2 CPU cores; learns "
+        "Pendulum-v1 and MultiGoal-v0.",
+        per_task={"MultiGoal": {"temperature": 10.0}},
+    ),
+}

@@ -19,13 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from diffmaxent.agents.common import AlgoSpec
-from diffmaxent.config import hp
-from diffmaxent.distributions import gaussian_log_prob
-from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.nn import MLP
-from diffmaxent.onpolicy import (
-    Metrics,
+from diffmaxent.agents.groups import ActorNetwork, CriticNetwork, Discount, Optimisers, PPOCore
+from diffmaxent.agents.onpolicy import (
     ObsNorm,
     OnPolicyAgent,
     Rollout,
@@ -33,25 +28,25 @@ from diffmaxent.onpolicy import (
     gae,
     minibatch_epochs,
 )
+from diffmaxent.config import Preset, hp, with_defaults
+from diffmaxent.distributions import gaussian_log_prob
+from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.nn import MLP
+from diffmaxent.types import Metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PPOConfig(
+    with_defaults(ActorNetwork, actor_hidden_dims=(64, 64)),
+    with_defaults(CriticNetwork, critic_hidden_dims=(64, 64)),
+    PPOCore,
+    Optimisers,
+    Discount,
+):
     """Gaussian PPO hyperparameters (defaults: CleanRL's continuous-control settings)."""
 
-    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
-    gae_lambda: float = hp(0.95, "GAE lambda", low=0.0, high=1.0)
-    clip: float = hp(0.2, "PPO ratio clip epsilon", low=0.0, low_open=True)
-    epochs: int = hp(10, "passes over each rollout", low=1)
-    batch_size: int = hp(64, "transitions per gradient step (minibatch)", low=1)
-    actor_lr: float = hp(3e-4, "actor Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "value Adam learning rate", low=0.0, low_open=True)
-    hidden_dims: tuple[int, ...] = hp((64, 64), "hidden widths of actor and value", low=1)
     init_log_std: float = hp(0.0, "initial log-std of the Gaussian")
     entropy_coef: float = hp(0.0, "weight of the Gaussian's entropy bonus", low=0.0)
-    max_grad_norm: float = hp(0.5, "global gradient-norm clip", low=0.0, low_open=True)
-    reward_scale: float = hp(1.0, "multiplies env rewards before GAE", low=0.0, low_open=True)
-    normalize_obs: bool = hp(True, "running mean/std observation normalisation")
 
 
 class GaussianPolicy(nn.Module):
@@ -81,14 +76,10 @@ class PPOState(struct.PyTreeNode):
 
 def make(config: PPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     """Build PPO's pure ``init`` / ``act`` / ``collect`` / ``update`` for one env."""
-    actor = GaussianPolicy(config.hidden_dims, spec.action_dim, config.init_log_std)
-    critic = MLP(config.hidden_dims, 1, "tanh")
-    actor_optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.actor_lr)
-    )
-    critic_optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.critic_lr)
-    )
+    actor = GaussianPolicy(config.actor_hidden_dims, spec.action_dim, config.init_log_std)
+    critic = MLP(config.critic_hidden_dims, 1, "tanh")
+    actor_optimizer = config.clip_gradients(config.actor_optimizer())
+    critic_optimizer = config.clip_gradients(config.critic_optimizer())
 
     def init(key: jax.Array) -> PPOState:
         actor_key, critic_key = jax.random.split(key)
@@ -203,29 +194,26 @@ def make(config: PPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     return OnPolicyAgent(init=init, act=act, collect=collect, update=update)
 
 
-ALGO = AlgoSpec(
-    name="ppo",
-    description="PPO, Gaussian policy, GAE, clipped ratio (the DMERL on-policy baseline)",
-    config_cls=PPOConfig,
-    make=make,
-    # The DA-MDP repo runs on DeepMind Control (MJX).
-    preset_suites={"paper": "dmc"},
-    presets={
-        # The DA-MDP repo's PPO baseline settings where they apply to a CPU vector env.
-        "paper": {
+PRESETS = {
+    "paper": Preset(
+        {
             "gamma": 0.99,
             "gae_lambda": 0.95,
             "actor_lr": 3e-4,
             "critic_lr": 3e-4,
-            "hidden_dims": (256, 256),
+            "actor_hidden_dims": (256, 256),
+            "critic_hidden_dims": (256, 256),
             "epochs": 10,
             "batch_size": 256,
             "num_envs": 16,
             "rollout_steps": 256,
         },
-        # Tuned on Pendulum-v1 (docs/benchmarks.md, section DMERL): a shorter horizon and rewards
-        # scaled to about [-1.6, 0] per step.
-        "cpu": {
+        "The DA-MDP code's PPO baseline settings (it runs DeepMind Control on MJX) where they "
+        "apply to a CPU vector env.",
+        suite="dmc",
+    ),
+    "cpu": Preset(
+        {
             "gamma": 0.95,
             "reward_scale": 0.1,
             "gae_lambda": 0.95,
@@ -237,6 +225,7 @@ ALGO = AlgoSpec(
             "rollout_steps": 256,
             "eval_every": 20_000,
         },
-    },
-    loop="on_policy",
-)
+        "Tuned on Pendulum-v1 (docs/benchmarks.md, section DMERL): a shorter horizon and rewards "
+        "scaled to about [-1.6, 0] per step.",
+    ),
+}

@@ -9,71 +9,38 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from diffmaxent.agents.common import (
     ActorCriticState,
     Agent,
-    AlgoSpec,
-    Metrics,
     apply_gradients,
     init_actor_critic_state,
-    initial_log_temperature,
     polyak_update,
     scan_updates,
-    td_target,
-    temperature_is_auto,
     temperature_step,
 )
-from diffmaxent.config import AUTO, hp
+from diffmaxent.agents.groups import (
+    ActorNetwork,
+    Discount,
+    Optimisers,
+    TargetCritics,
+    TargetEntropy,
+    Temperature,
+)
+from diffmaxent.config import Preset
+from diffmaxent.critics import td_target
 from diffmaxent.distributions import squashed_gaussian_sample
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.nn import MLP, EnsembleCritic
-from diffmaxent.types import Batch
-
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+from diffmaxent.nn import GaussianActor
+from diffmaxent.types import Batch, Metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class SACConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SACConfig(ActorNetwork, TargetCritics, TargetEntropy, Temperature, Optimisers, Discount):
     """Gaussian SAC hyperparameters (defaults: Haarnoja et al. 2018b, Table 1)."""
-
-    gamma: float = hp(0.99, "discount factor", low=0.0, high=1.0)
-    tau: float = hp(0.005, "Polyak step of the target critics", low=0.0, high=1.0)
-    actor_lr: float = hp(3e-4, "actor Adam learning rate", low=0.0, low_open=True)
-    critic_lr: float = hp(3e-4, "critic Adam learning rate", low=0.0, low_open=True)
-    temperature_lr: float = hp(3e-4, "temperature Adam learning rate", low=0.0, low_open=True)
-    hidden_dims: tuple[int, ...] = hp((256, 256), "hidden widths of actor and critics", low=1)
-    num_critics: int = hp(2, "critics in the ensemble (min over them)", low=1)
-    temperature: float | Literal["auto"] = hp(
-        AUTO, "entropy temperature alpha: a number, or auto to tune it", low=0.0, low_open=True
-    )
-    init_temperature: float = hp(1.0, "initial alpha when temperature=auto", low=0.0, low_open=True)
-    target_entropy: float | Literal["auto"] = hp(
-        AUTO, "entropy target for temperature=auto; auto means -|A|"
-    )
-
-
-class GaussianActor(nn.Module):
-    """obs ``[B, obs_dim]`` -> mean and log-std ``[B, A]`` of the pre-tanh Gaussian."""
-
-    hidden_dims: tuple[int, ...]
-    action_dim: int
-
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        features = MLP(self.hidden_dims)(obs)
-        mean = nn.Dense(self.action_dim)(features)
-        # Squash log-std smoothly into [LOG_STD_MIN, LOG_STD_MAX] instead of clipping, so the
-        # gradient never vanishes at the bounds.
-        raw = jnp.tanh(nn.Dense(self.action_dim)(features))
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw + 1.0)
-        return mean, log_std
 
 
 SACState = ActorCriticState
@@ -81,15 +48,12 @@ SACState = ActorCriticState
 
 def make(config: SACConfig, spec: EnvSpec) -> Agent:
     """Build SAC's pure ``init`` / ``act`` / ``update`` for one env."""
-    actor = GaussianActor(config.hidden_dims, spec.action_dim)
-    critic = EnsembleCritic(config.hidden_dims, config.num_critics)
-    actor_optimizer = optax.adam(config.actor_lr)
-    critic_optimizer = optax.adam(config.critic_lr)
-    temperature_optimizer = optax.adam(config.temperature_lr)
-    learn_temperature = temperature_is_auto(config.temperature)
-    target_entropy = (
-        -float(spec.action_dim) if config.target_entropy == AUTO else float(config.target_entropy)
-    )
+    actor = GaussianActor(config.actor_hidden_dims, spec.action_dim)
+    critic = config.critic()
+    actor_optimizer = config.actor_optimizer()
+    critic_optimizer = config.critic_optimizer()
+    temperature_optimizer = config.temperature_optimizer()
+    target_entropy = config.target_entropy_value(spec.action_dim)
 
     def init(key: jax.Array) -> SACState:
         actor_key, critic_key = jax.random.split(key)
@@ -97,7 +61,7 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
         action = jnp.zeros((1, spec.action_dim), jnp.float32)
         actor_params = actor.init(actor_key, obs)
         critic_params = critic.init(critic_key, obs, action)
-        log_temperature = initial_log_temperature(config.temperature, config.init_temperature)
+        log_temperature = config.initial_log_temperature()
         return init_actor_critic_state(
             actor_params,
             critic_params,
@@ -153,7 +117,7 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
             temperature_optimizer,
             entropy,
             target_entropy,
-            learn_temperature,
+            config.learns_temperature,
         )
         new_state = state.replace(
             actor_params=actor_params,
@@ -196,16 +160,14 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
     return Agent(init=init, act=act, update=update, phases=phases)
 
 
-ALGO = AlgoSpec(
-    name="sac",
-    description="Soft Actor-Critic, tanh-Gaussian policy, twin critics, auto temperature",
-    config_cls=SACConfig,
-    make=make,
-    preset_suites={"paper": "gym"},
-    presets={
-        # Haarnoja et al. 2018b, Table 1 (learning_starts as in their released code).
-        "paper": {"learning_starts": 10_000},
-        # Same networks; random warm-up and evaluation sized for short CPU runs.
-        "cpu": {"learning_starts": 1_000},
-    },
-)
+PRESETS = {
+    "paper": Preset(
+        {"learning_starts": 10_000},
+        "Haarnoja et al. 2018b, Table 1 (learning_starts as in their released code).",
+        suite="gym",
+    ),
+    "cpu": Preset(
+        {"learning_starts": 1_000},
+        "The paper's networks; random warm-up and evaluation sized for short CPU runs.",
+    ),
+}

@@ -408,20 +408,6 @@ class AugmentedValue(nn.Module):
         return MLP(self.hidden_dims, 1, self.activation, self.layer_norm)(features)[..., 0]
 
 
-def gaussian_kl(
-    mean_p: jax.Array, std_p: jax.Array, mean_q: jax.Array, std_q: jax.Array
-) -> jax.Array:
-    """``KL(N(mean_p, std_p^2) || N(mean_q, std_q^2))`` for diagonal Gaussians, summed over the
-    last axis."""
-    mean_p, mean_q = jnp.broadcast_arrays(mean_p, mean_q)
-    std_p = jnp.broadcast_to(std_p, mean_p.shape)
-    std_q = jnp.broadcast_to(std_q, mean_p.shape)
-    return jnp.sum(
-        jnp.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5,
-        axis=-1,
-    )
-
-
 def prior_log_prob(x0: jax.Array, prior_std: float) -> jax.Array:
     """``log N(x0; 0, prior_std^2 I)``, ``[...]``."""
     return gaussian_log_prob(x0, jnp.zeros_like(x0), jnp.full_like(x0, math.log(prior_std)))

@@ -33,9 +33,8 @@ role of SAC's log-probability, and ``entropy_bound = -(running_cost + terminal_c
 sampler returns these terms, so agents never recompute them, and the whole chain is
 differentiable (reparameterised) for the actor loss.
 
-The paper's body (equations, appendix tables) was not readable where this was written; every
-detail here was checked against the official code (ALRhub/DIME, read from its full-history fork),
-and where the code has hidden choices they are exposed as options:
+Every detail here follows the official code (ALRhub/DIME); where the code has hidden choices they
+are exposed as options:
 
 * the control network is the code's (time features ``sin/cos(w k + phase)`` of the raw step
   index ``k`` with 256 frequencies ``w`` in [0.1, 100] and a learned phase, a 2-layer GELU time

@@ -52,8 +52,8 @@ class NoiseNet(nn.Module):
       linear output of ``action_dim``;
     * ``layer_norm``: LayerNorm after every hidden Dense of the main MLP. Without it, the 128-dim
       time conditioning dominates the first layer's pre-activations at initialisation and the net
-      starts almost linear in ``a_t``; small-scale training then stalls (see
-      ``notes/cpu-feasibility.md``). The official code has no normalisation.
+      starts almost linear in ``a_t``; small-scale training then stalls. The official code has no
+      normalisation.
 
     Shapes: ``noisy_action [..., A]``; ``obs [..., obs_dim]`` and ``log_snr`` (``[...]``, or
     ``[..., 1]`` with the same rank as ``noisy_action``, or a scalar) are broadcast left-aligned to

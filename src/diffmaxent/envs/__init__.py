@@ -5,7 +5,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from diffmaxent.envs.factory import (
@@ -17,18 +16,10 @@ from diffmaxent.envs.factory import (
     make_env,
 )
 from diffmaxent.envs.multigoal import (
-    MAX_EPISODE_STEPS,
     MultiGoalEnv,
     goal_statistics,
     plot_trajectories,
 )
-
-if "MultiGoal-v0" not in gym.registry:
-    gym.register(
-        id="MultiGoal-v0",
-        entry_point="diffmaxent.envs.multigoal:MultiGoalEnv",
-        max_episode_steps=MAX_EPISODE_STEPS,
-    )
 
 
 @dataclasses.dataclass(frozen=True)

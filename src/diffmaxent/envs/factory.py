@@ -18,7 +18,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from diffmaxent.envs.dmc import DMC_PREFIX
+from diffmaxent.envs import multigoal  # noqa: F401  (registers MultiGoal-v0)
+from diffmaxent.envs.dmc import DMC_PREFIX, DMCEnv, parse_dmc_id
 from diffmaxent.errors import UsageError
 
 
@@ -214,8 +215,6 @@ def make_env(
         UsageError: for an unknown id, a module that cannot be imported or a missing simulator
             dependency, and for envs without bounded continuous actions.
     """
-    import diffmaxent.envs  # noqa: F401  (registers MultiGoal-v0)
-
     if not isinstance(env_id, str) or not env_id.strip():
         raise UsageError("env id must be a non-empty string such as Pendulum-v1")
     if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
@@ -241,8 +240,6 @@ def make_env(
 
 
 def _make_dmc(env_id: str, render_mode: str | None) -> gym.Env:
-    from diffmaxent.envs.dmc import DMCEnv, parse_dmc_id
-
     domain, task = parse_dmc_id(env_id)
     # MuJoCo 3.17 warns through absl, at every load, that the suite's XML uses `settotalmass`.
     absl_logger = logging.getLogger("absl")

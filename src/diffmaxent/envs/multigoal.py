@@ -197,3 +197,11 @@ def plot_trajectories(trajectories: list[np.ndarray], path: str, title: str) -> 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+if "MultiGoal-v0" not in gym.registry:
+    gym.register(
+        id="MultiGoal-v0",
+        entry_point="diffmaxent.envs.multigoal:MultiGoalEnv",
+        max_episode_steps=MAX_EPISODE_STEPS,
+    )
