@@ -165,7 +165,7 @@ def test_goal_statistics_and_trajectory_figure(tmp_path):
     assert stats["goals_reached"] == 3 and stats["goal_episodes"] == 4
     assert stats["max_goal_share"] == pytest.approx(0.5)
     assert [stats[f"goal_{i}"] for i in range(4)] == [2, 0, 1, 1]
-    assert np.isnan(goal_statistics([{"goal": -1}])["max_goal_share"])
+    assert goal_statistics([{"goal": -1}])["max_goal_share"] is None
     path = tmp_path / "t.png"
     plot_trajectories([np.array([[0.0, 0.0], [1.0, 0.5], [4.8, 0.1]])], str(path), "test")
     assert path.stat().st_size > 5000

@@ -7,10 +7,14 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import re
+import signal
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,8 @@ from diffmaxent.config import (
 )
 from diffmaxent.envs import env_suite
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.errors import PresetSuiteWarning, UsageError
-from diffmaxent.loops.bookkeeping import ResolvedConfig, RunSetup, TrainResult
+from diffmaxent.errors import DamagedFileWarning, PresetSuiteWarning, TrainingStopped, UsageError
+from diffmaxent.loops.bookkeeping import ResolvedConfig, RunSetup, StopRequest, TrainResult
 from diffmaxent.registry import AlgoSpec, get_algo
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
@@ -92,17 +96,24 @@ def warn_if_wrong_suite(spec: AlgoSpec, preset: str, env: str) -> None:
 
 
 def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
-    """Rebuild a :class:`ResolvedConfig` from ``config.json``."""
-    spec = get_algo(data["algo"])
-    return ResolvedConfig(
-        algo=data["algo"],
-        env=data["env"],
-        preset=data["preset"],
-        seed=data["seed"],
-        steps=data["steps"],
-        agent=replace_validated(spec.config_cls(), data["agent"]),
-        loop=replace_validated(spec.loop.config_cls(), data["loop"]),
-    )
+    """Rebuild a :class:`ResolvedConfig` from ``config.json``.
+
+    Raises:
+        UsageError: a field is missing or invalid.
+    """
+    try:
+        spec = get_algo(data["algo"])
+        return ResolvedConfig(
+            algo=data["algo"],
+            env=data["env"],
+            preset=data["preset"],
+            seed=_check_int("seed", data["seed"], 0),
+            steps=_check_int("steps", data["steps"], 1),
+            agent=replace_validated(spec.config_cls(), data["agent"]),
+            loop=replace_validated(spec.loop.config_cls(), data["loop"]),
+        )
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"not a run config: {type(error).__name__} {error}") from None
 
 
 def hyperparameter_table(algo: str) -> list[tuple[str, str, Any, str]]:
@@ -121,47 +132,201 @@ def train(
     algo: str = DEFAULT_ALGO,
     env: str = DEFAULT_ENV,
     *,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     preset: str = DEFAULT_PRESET,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
     progress: bool | None = None,
+    resume: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``algo`` on ``env`` and write a run directory (mirrors ``diffmaxent train``).
+    """Train ``algo`` on ``env`` and write a run directory, or continue a run (mirrors
+    ``diffmaxent train``).
 
     Args:
         algo: a name from ``diffmaxent.ALGOS``.
         env: a Gymnasium id (``MultiGoal-v0``, ``Pendulum-v1``, ``module:Env-v0``, ...),
             ``dmc:DOMAIN-TASK`` or ``myo:ENV_ID``.
-        steps: env steps to train for.
+        steps: env steps to train for (default 6000); with ``resume``, the new total (default:
+            the run's own).
         seed: seeds the agent, the envs and the replay sampling.
         out: run directory; default ``runs/<algo>-<env>-seed<seed>-<timestamp>``.
         preset: a preset name of ``algo`` (``diffmaxent presets ALGO`` lists them).
         overrides: hyperparameter values applied after the preset (numbers or strings).
-        force: replace a run already in ``out`` (other files there are kept).
+        force: replace a run already in ``out`` (its own files only; other files are kept), once
+            this run holds the directory's lock and its config is valid.
         progress: True for a progress bar, False for silence, None for a bar on a terminal and
             one line per evaluation otherwise.
+        resume: a run directory to continue from its newest intact checkpoint, with its own
+            settings (only ``steps`` may change); the rows it writes from the checkpoint on are
+            those the uninterrupted run would have written.
 
     Returns:
         The run directory, the final evaluation and all metric rows.
 
     Raises:
-        UsageError: for any bad input; nothing is written in that case.
+        UsageError: for any bad input (nothing is written then), a run directory in use by
+            another process, or no intact checkpoint to resume from.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint was written at the step.
+        TrainingDiverged: a NaN or Inf appeared; the last finite checkpoint is kept.
     """
+    if resume is not None:
+        if (algo, env, seed, preset, out, force) != (
+            DEFAULT_ALGO,
+            DEFAULT_ENV,
+            0,
+            DEFAULT_PRESET,
+            None,
+            False,
+        ) or overrides:
+            raise UsageError(
+                "--resume continues a run with its own settings; only --steps may be given"
+            )
+        return _resume(Path(resume), steps, progress)
+    steps = DEFAULT_STEPS if steps is None else steps
     config = resolve_config(algo, env, steps=steps, seed=seed, preset=preset, overrides=overrides)
     run_dir = Path(out) if out is not None else default_run_directory(algo, env, seed)
     runs.check_output_directory(run_dir, force)
-    probe = config.make_env(seed)
-    env_spec = probe.env_spec
-    probe.close()
+    env_spec = _env_spec(config)
     spec = get_algo(algo)
     agent = spec.make(config.agent, env_spec)
 
-    runs.prepare_output_directory(run_dir, force)
-    runs.write_json(run_dir / runs.CONFIG_FILE, config.to_json(env_spec))
-    return spec.loop.run(RunSetup(config, env_spec, run_dir, progress), agent)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = runs.RunLock(run_dir).acquire()
+    except UsageError:
+        if created:
+            run_dir.rmdir()
+        raise
+    try:
+        # Checked again under the lock: a run may have finished there since the check above.
+        runs.check_output_directory(run_dir, force)
+        runs.remove_run(run_dir)
+        runs.write_json(run_dir / runs.CONFIG_FILE, config.to_json(env_spec))
+        runs.write_status(run_dir, "running", 0)
+        return _run(spec, RunSetup(config, env_spec, run_dir, progress), agent)
+    finally:
+        lock.release()
+
+
+def _env_spec(config: ResolvedConfig) -> EnvSpec:
+    probe = config.make_env(config.seed)
+    try:
+        return probe.env_spec
+    finally:
+        probe.close()
+
+
+def _resume(run_dir: Path, steps: int | None, progress: bool | None) -> TrainResult:
+    if not run_dir.is_dir():
+        raise UsageError(f"cannot resume {str(run_dir)!r}: no such run directory")
+    with runs.RunLock(run_dir):
+        config, env_spec = run_config(run_dir)
+        done = config.steps
+        if steps is not None:
+            config = dataclasses.replace(config, steps=_check_int("steps", steps, 1))
+        try:
+            status = runs.read_json(run_dir / runs.STATUS_FILE)
+        except runs.DamagedFileError:
+            status = {}
+        if status.get("status") == "complete" and config.steps <= done:
+            raise UsageError(
+                f"run {str(run_dir)!r} is complete ({done} steps); pass --steps with a larger "
+                "total to train it longer"
+            )
+        spec = get_algo(config.algo)
+        agent = spec.make(config.agent, env_spec)
+        setup = RunSetup(config, env_spec, run_dir, progress, resume=True)
+        return _run(spec, setup, agent)
+
+
+def _run(spec: AlgoSpec, setup: RunSetup, agent: Any) -> TrainResult:
+    """The loop, with SIGINT / SIGTERM turned into a checkpoint and a clean stop, and the run's
+    status recorded however it ends."""
+    try:
+        with stop_on_signals(setup.stop):
+            return spec.loop.run(setup, agent)
+    except (TrainingStopped, UsageError):
+        raise  # the recorder wrote the status, or nothing was changed
+    except KeyboardInterrupt:
+        _record_status(setup.run_dir, "interrupted", "a second signal stopped it at once")
+        raise
+    except BaseException as error:
+        _record_status(setup.run_dir, "failed", f"{type(error).__name__}: {error}")
+        raise
+
+
+def _record_status(run_dir: Path, status: str, message: str) -> None:
+    try:
+        step = runs.read_json(run_dir / runs.STATUS_FILE).get("env_step", 0)
+        runs.write_status(run_dir, status, step, message=" ".join(message.split()))
+    except (OSError, UsageError):
+        pass  # the run's own error is the one to report
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """While training: the first SIGINT or SIGTERM sets ``stop`` (the loop finishes its step,
+    writes a checkpoint and raises :class:`TrainingInterrupted`); a second one stops at once
+    (KeyboardInterrupt). Outside the main thread signals cannot be caught and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _parse_run_config(data: Mapping[str, Any], where: Path) -> tuple[ResolvedConfig, EnvSpec]:
+    try:
+        config = config_from_json(data)
+        env_spec = EnvSpec(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in data["env_spec"].items()}
+        )
+    except (UsageError, KeyError, TypeError, AttributeError) as error:
+        raise runs.DamagedFileError(f"{where} is not a run config ({error})") from None
+    return config, env_spec
+
+
+def run_config(run_dir: Path) -> tuple[ResolvedConfig, EnvSpec]:
+    """The config and env of a run from ``config.json``; if that is damaged, from the newest
+    checkpoint that holds an intact one (with a one-line warning).
+
+    Raises:
+        UsageError: not a run directory, or no intact config anywhere.
+    """
+    try:
+        return _parse_run_config(runs.read_run_config(run_dir), run_dir / runs.CONFIG_FILE)
+    except runs.DamagedFileError as error:
+
+        def read(directory: Path) -> tuple[ResolvedConfig, EnvSpec]:
+            meta = checkpoint.read_meta(directory)
+            try:
+                return _parse_run_config(meta["config"], directory / checkpoint.META_FILE)
+            except runs.DamagedFileError as damaged:
+                raise checkpoint.DamagedCheckpoint(str(damaged)) from None
+
+        try:
+            directory, parsed = checkpoint.newest_intact(
+                run_dir / runs.CHECKPOINT_DIR, read, run_dir
+            )
+        except UsageError:
+            raise error from None
+        warnings.warn(
+            f"{error}; using the config saved in {directory}", DamagedFileWarning, stacklevel=2
+        )
+        return parsed
 
 
 class LoadedAgent:
@@ -204,6 +369,8 @@ class LoadedAgent:
                 f"expected obs of shape [{self.env_spec.obs_dim}] or [B, {self.env_spec.obs_dim}],"
                 f" got {obs.shape}"
             )
+        if not np.all(np.isfinite(batch)):
+            raise ValueError("obs holds NaN or Inf; the policy needs finite observations")
         self._key, key = jax.random.split(self._key)
         action = np.asarray(self.agent.act(self.state, batch, key, deterministic))
         env_action = self.env_spec.to_env_action(action)
@@ -213,24 +380,29 @@ class LoadedAgent:
 def load(
     run_dir: str | Path, checkpoint_dir: str | Path | None = None, seed: int = 0
 ) -> LoadedAgent:
-    """Load the latest checkpoint of a run (or the given checkpoint directory).
+    """Load the newest intact checkpoint of a run (or the given checkpoint directory); damaged
+    ones are skipped with a one-line warning.
 
     Raises:
-        UsageError: if ``run_dir`` is not a run directory or holds no checkpoint.
+        UsageError: not a run directory, a damaged config with no intact checkpoint to take it
+            from, no intact checkpoint, or a damaged ``checkpoint_dir``.
     """
     run_dir = Path(run_dir)
-    data = runs.read_run_config(run_dir)
-    config = config_from_json(data)
-    env_spec = EnvSpec(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in data["env_spec"].items()}
-    )
-    if checkpoint_dir is None:
-        found = checkpoint.list_checkpoints(run_dir / runs.CHECKPOINT_DIR)
-        if not found:
-            raise UsageError(f"run directory {str(run_dir)!r} holds no checkpoint")
-        checkpoint_dir = found[-1]
+    config, env_spec = run_config(run_dir)
     agent = get_algo(config.algo).make(config.agent, env_spec)
     template = agent.init(jax.random.PRNGKey(0))
-    state = checkpoint.restore(Path(checkpoint_dir), template)
-    meta = checkpoint.read_meta(Path(checkpoint_dir))
-    return LoadedAgent(config, env_spec, agent, state, int(meta["env_step"]), seed=seed)
+
+    def read(directory: Path) -> tuple[Any, int]:
+        meta = checkpoint.read_meta(directory)
+        return checkpoint.restore(directory, template), meta["env_step"]
+
+    if checkpoint_dir is None:
+        _, (state, env_step) = checkpoint.newest_intact(
+            run_dir / runs.CHECKPOINT_DIR, read, run_dir
+        )
+    else:
+        try:
+            state, env_step = read(Path(checkpoint_dir))
+        except checkpoint.DamagedCheckpoint as error:
+            raise UsageError(f"checkpoint {checkpoint_dir} is damaged ({error})") from None
+    return LoadedAgent(config, env_spec, agent, state, env_step, seed=seed)

@@ -1,6 +1,8 @@
-"""``diffmaxent``: train, evaluate, list algorithms and presets.
+"""``diffmaxent``: train (or resume), evaluate, benchmark, list algorithms and presets.
 
-Every bad input ends with one line on stderr (``diffmaxent: error: ...``) and exit status 2.
+Every bad input ends with one line on stderr (``diffmaxent: error: ...``) and exit status 2;
+a diverged run exits 3, a run stopped by SIGINT / SIGTERM 130 / 143 (:mod:`diffmaxent.errors`).
+Warnings are one line each (``diffmaxent: warning: ...``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,20 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffmaxent.errors import UsageError
+import jax
+
+from diffmaxent import api
+from diffmaxent.bench import run_bench
+from diffmaxent.config import parse_assignments
+from diffmaxent.errors import (
+    DiffmaxentWarning,
+    TrainingDiverged,
+    TrainingInterrupted,
+    UsageError,
+)
+from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, evaluate
+from diffmaxent.registry import ALGOS, get_algo
+from diffmaxent.video import record_video
 
 EXIT_USAGE = 2
 
@@ -24,26 +39,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from diffmaxent import api as training
 
     parser = _Parser(prog="diffmaxent", description="Diffusion policies for MaxEnt RL.")
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an agent and write a run directory")
-    train.add_argument("--algo", default=training.DEFAULT_ALGO, help="algorithm (see `algos`)")
+    train.add_argument("--algo", default=api.DEFAULT_ALGO, help="algorithm (see `algos`)")
     train.add_argument(
         "--env",
-        default=training.DEFAULT_ENV,
+        default=api.DEFAULT_ENV,
         help="env id: a Gymnasium id, dmc:DOMAIN-TASK or myo:ENV_ID",
     )
     train.add_argument(
-        "--steps", default=training.DEFAULT_STEPS, type=_int("--steps"), help="env steps"
+        "--steps",
+        default=None,
+        type=_int("--steps"),
+        help=f"env steps (default {api.DEFAULT_STEPS}; with --resume: a new total)",
     )
     train.add_argument("--seed", default=0, type=_int("--seed"), help="random seed")
     train.add_argument("--out", default=None, help="run directory (default: runs/<algo>-<env>-...)")
     train.add_argument(
         "--preset",
-        default=training.DEFAULT_PRESET,
+        default=api.DEFAULT_PRESET,
         help="hyperparameter preset (see `presets ALGO`)",
     )
     train.add_argument(
@@ -55,6 +72,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a hyperparameter (repeatable)",
     )
     train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a run from its newest intact checkpoint (with --steps: to a new total)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress output")
 
     evaluate = commands.add_parser("eval", help="evaluate the last checkpoint of a run")
@@ -84,9 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     bench = commands.add_parser("bench", help="time one update and one env step of an agent")
-    bench.add_argument("--algo", default=training.DEFAULT_ALGO)
-    bench.add_argument("--env", default=training.DEFAULT_ENV)
-    bench.add_argument("--preset", default=training.DEFAULT_PRESET)
+    bench.add_argument("--algo", default=api.DEFAULT_ALGO)
+    bench.add_argument("--env", default=api.DEFAULT_ENV)
+    bench.add_argument("--preset", default=api.DEFAULT_PRESET)
     bench.add_argument(
         "--set",
         dest="assignments",
@@ -124,13 +147,11 @@ def _int(flag: str):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from diffmaxent.api import train
-    from diffmaxent.config import parse_assignments
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
     overrides = parse_assignments(args.assignments)
-    result = train(
+    result = api.train(
         args.algo,
         args.env,
         steps=args.steps,
@@ -140,6 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides=overrides,
         force=args.force,
         progress=False if args.quiet else None,
+        resume=args.resume,
     )
     print(
         f"final evaluation return {result.eval_return_mean:.2f} ± {result.eval_return_std:.2f}; "
@@ -149,23 +171,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import jax
-
-    from diffmaxent.api import load
-    from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, evaluate
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be a positive integer, got {args.episodes}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    loaded = load(args.run_dir)
+    loaded = api.load(args.run_dir)
     deterministic = (
         loaded.config.loop.eval_deterministic if args.deterministic is None else args.deterministic
     )
     video_note = ""
     if args.video:
-        from diffmaxent.video import record_video
-
         target = Path(args.run_dir) / "videos" / f"step{loaded.env_step}-seed{args.seed}.mp4"
         path, returns, frames = record_video(
             loaded, target, args.episodes, args.seed, deterministic
@@ -192,8 +208,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from diffmaxent.bench import run_bench
-    from diffmaxent.config import parse_assignments
 
     if args.repeats < 1:
         raise UsageError(f"--repeats must be a positive integer, got {args.repeats}")
@@ -209,7 +223,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_algos(args: argparse.Namespace) -> int:
-    from diffmaxent.registry import ALGOS
 
     width = max(len(name) for name in ALGOS)
     for name, spec in ALGOS.items():
@@ -225,8 +238,6 @@ def _setting(value) -> str:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from diffmaxent import api
-    from diffmaxent.registry import get_algo
 
     spec = get_algo(args.algo)
     rows = api.hyperparameter_table(args.algo)
@@ -270,9 +281,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from diffmaxent.errors import PresetSuiteWarning
-
-    if issubclass(category, PresetSuiteWarning):
+    if issubclass(category, DiffmaxentWarning):
         print(f"diffmaxent: warning: {message}", file=sys.stderr)
     else:
         _default_show_warning(message, category, filename, lineno, file, line)
@@ -282,10 +291,8 @@ _default_show_warning = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from diffmaxent.errors import PresetSuiteWarning
-
     with warnings.catch_warnings():
-        warnings.simplefilter("always", PresetSuiteWarning)
+        warnings.simplefilter("always", DiffmaxentWarning)
         warnings.showwarning = _show_warning
         return _main(argv)
 
@@ -309,12 +316,28 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as error:
         print(f"diffmaxent: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingInterrupted as stopped:
+        print(f"diffmaxent: interrupted by {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    except TrainingDiverged as stopped:
+        print(f"diffmaxent: error: {stopped}", file=sys.stderr)
+        return stopped.exit_status
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):  # output piped into `head` and closed early
+            sys.stderr.close()
+            return 0
+        print(f"diffmaxent: error: {_os_error(error)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("diffmaxent: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and closed early
-        sys.stderr.close()
-        return 0
+
+
+def _os_error(error: OSError) -> str:
+    """One line for a filesystem error: what failed, on which path."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    path = error.filename if error.filename is not None else ""
+    return f"{reason}: {path}" if path else reason
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def _parse_scalar(text: str, annotation: Any) -> Any:
         raise ValueError
     if origin is tuple:
         (element,) = typing.get_args(annotation)[:1]
-        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-        if not parts:
+        parts = text.replace("(", "").replace(")", "").split(",")
+        if not all(p.strip() for p in parts):  # "64,,64" or "64," is a typo, not (64, 64)
             raise ValueError
         return tuple(_parse_scalar(p.strip(), element) for p in parts)
     if annotation is bool:

@@ -1,12 +1,25 @@
-"""The run directory: resolved config, per-evaluation metrics, checkpoints and figures."""
+"""The run directory: resolved config, status, metrics, checkpoints, replay rows and figures.
+
+Every file is written by write-then-rename (a temporary sibling, flushed and fsynced, then
+renamed over the old one), so a crash at any moment leaves either the previous or the new version
+of each file, never a mix. A run directory is locked (``.lock``, an ``flock`` the kernel drops
+when the process dies) while a process trains in it, and ``status.json`` records what happened to
+it: ``running``, ``complete``, ``interrupted`` (with the step), ``diverged`` or ``failed``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import fcntl
+import io
 import json
 import math
+import os
 import shutil
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +28,96 @@ from diffmaxent.errors import UsageError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
+REPLAY_DIR = "replay"
 CURVE_FILE = "curve.png"
-# Everything a run writes; --force removes exactly these and leaves other files alone.
 SUMMARY_FILE = "summary.json"
+STATUS_FILE = "status.json"
+LOCK_FILE = ".lock"
+# Everything a run writes; --force removes exactly these and leaves other files alone.
 RUN_ARTIFACTS = (
     CONFIG_FILE,
     METRICS_FILE,
     CHECKPOINT_DIR,
+    REPLAY_DIR,
     CURVE_FILE,
     SUMMARY_FILE,
+    STATUS_FILE,
     "trajectories.png",
 )
+STATUSES = ("running", "complete", "interrupted", "diverged", "failed")
+
+
+class DamagedFileError(UsageError):
+    """A run file that is truncated, empty, not what its name says, or from something else."""
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or creation in ``directory`` survive a power loss, not just a crash."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers that infer a format from it
+    work) to write to; on success it is fsynced and renamed over ``path``, on failure removed."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield temporary
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as strict JSON (non-finite floats become null), atomically."""
+    write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``.
+
+    Raises:
+        DamagedFileError: missing, unreadable, not JSON, or not an object.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedFileError(f"{path} is damaged ({_reason(error)})") from None
+    if not isinstance(data, dict):
+        raise DamagedFileError(f"{path} is damaged (not a JSON object)")
+    return data
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def holds_run(directory: Path) -> bool:
@@ -40,63 +132,142 @@ def check_output_directory(directory: Path, force: bool) -> None:
     if holds_run(directory) and not force:
         raise UsageError(
             f"output directory {str(directory)!r} already holds a run; "
-            "choose another --out or pass --force to replace it"
+            "choose another --out, pass --force to replace it or --resume to continue it"
         )
 
 
-def prepare_output_directory(directory: Path, force: bool) -> None:
-    """Create the run directory; with ``force``, first remove a previous run's artifacts."""
-    directory = Path(directory)
-    check_output_directory(directory, force)
+def remove_run(directory: Path) -> None:
+    """Remove a previous run's own files (call only while holding the directory's lock)."""
     for name in RUN_ARTIFACTS:
-        path = directory / name
+        path = Path(directory) / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+class RunLock:
+    """An exclusive lock on a run directory, held while a process trains in it.
+
+    It is an ``flock`` on ``RUN_DIR/.lock``: the kernel releases it when the process ends, however
+    it ends (SIGKILL included), so a lock is never left stale. The file holds the holder's pid and
+    host for the message another process prints.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK_FILE
+        self._file: io.TextIOWrapper | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock.
+
+        Raises:
+            UsageError: another process holds it.
+        """
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UsageError(
+                f"run directory {str(self.path.parent)!r} is in use by {holder}; "
+                "wait for it to finish or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def write_status(directory: Path, status: str, env_step: int, **details: Any) -> None:
+    """Record what the run in ``directory`` is doing or how it ended (``status.json``)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    write_json(
+        Path(directory) / STATUS_FILE,
+        {
+            "status": status,
+            "env_step": env_step,
+            "updated": datetime.datetime.now().isoformat(timespec="seconds"),
+            "pid": os.getpid(),
+            **details,
+        },
+    )
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a run.
+
+    Raises:
+        UsageError: ``run_dir`` is not a run directory.
+        DamagedFileError: ``config.json`` is damaged.
+    """
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    if not Path(run_dir).is_dir() or not (path.exists() or holds_run(run_dir)):
         raise UsageError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+    return read_json(path)
+
+
+def format_value(value: Any) -> str:
+    """A metrics cell: blank for "not measured" (None), ``nan`` / ``inf`` written out."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"  # nan, inf and -inf come out as such
+    return str(value)
 
 
 class MetricsLog:
-    """Appends one row per evaluation to ``metrics.csv`` with a fixed set of columns."""
+    """``metrics.csv``: one row per evaluation with a fixed set of columns, the whole file
+    rewritten (atomically) at every row.
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    A blank cell means "not measured" (a training metric before the first update, a training
+    return before the first finished episode); a measured NaN is written ``nan``.
+    """
+
+    def __init__(
+        self, path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
         self.path = Path(path)
         self.columns = list(columns)
-        self.rows: list[dict[str, Any]] = []
-        with self.path.open("w", newline="") as f:
-            csv.writer(f).writerow(self.columns)
+        self.rows: list[dict[str, Any]] = [dict(row) for row in rows]
+        self._write()
 
     def append(self, row: Mapping[str, Any]) -> None:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise KeyError(f"metrics not declared as columns: {sorted(unknown)}")
         self.rows.append(dict(row))
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_format(row.get(c)) for c in self.columns])
+        self._write()
 
-
-def _format(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
+    def _write(self) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(self.columns)
+        for row in self.rows:
+            writer.writerow([format_value(row.get(c)) for c in self.columns])
+        write_text(self.path, text.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """Rows of ``metrics.csv`` as floats (missing values become NaN)."""
+    """Rows of ``metrics.csv`` as floats (blank "not measured" cells become NaN too)."""
     with (Path(run_dir) / METRICS_FILE).open() as f:
         return [
             {k: float(v) if v != "" else math.nan for k, v in row.items()}
@@ -113,8 +284,8 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Non
     import numpy as np
 
     steps = np.array([r["env_step"] for r in rows], dtype=float)
-    mean = np.array([r["eval_return_mean"] for r in rows], dtype=float)
-    std = np.array([r["eval_return_std"] for r in rows], dtype=float)
+    mean = np.array([_number(r.get("eval_return_mean")) for r in rows], dtype=float)
+    std = np.array([_number(r.get("eval_return_std")) for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(steps, mean, marker="o", color="C0", label="evaluation return")
     ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2, label="± std")
@@ -124,5 +295,10 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Non
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(Path(path)) as temporary:
+        fig.savefig(temporary)
     plt.close(fig)
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)

@@ -28,16 +28,17 @@ class EnvReport:
     and, at the end of training, ``plot_episodes`` stochastic episodes summarised in
     ``summary.json`` and drawn by ``plot`` (if any) into ``plot_file``."""
 
-    summarize: Callable[[list[dict[str, Any]]], dict[str, float]]
+    summarize: Callable[[list[dict[str, Any]]], dict[str, float | None]]
     plot: Callable[[list[np.ndarray], str, str], None] | None = None
     plot_file: str = ""
     plot_episodes: int = 0
 
 
-def success_rate(last_infos: list[dict[str, Any]]) -> dict[str, float]:
-    """``success_rate``: the fraction of episodes whose last info says ``success`` (NaN if none)."""
+def success_rate(last_infos: list[dict[str, Any]]) -> dict[str, float | None]:
+    """``success_rate``: the fraction of episodes whose last info says ``success`` (None, "not
+    measured", without episodes)."""
     if not last_infos:
-        return {"success_rate": float("nan")}
+        return {"success_rate": None}
     return {"success_rate": float(np.mean([bool(i.get("success", False)) for i in last_infos]))}
 
 

@@ -217,6 +217,11 @@ def make_env(
     """
     if not isinstance(env_id, str) or not env_id.strip():
         raise UsageError("env id must be a non-empty string such as Pendulum-v1")
+    if env_id.count(":") > 1:
+        raise UsageError(
+            f"bad env id {env_id!r}: more than one ':' (use Env-v0, module:Env-v0, "
+            "dmc:DOMAIN-TASK or myo:ENV_ID)"
+        )
     if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
         raise UsageError(f"action_repeat must be an integer >= 1, got {action_repeat!r}")
     suite = env_suite(env_id)

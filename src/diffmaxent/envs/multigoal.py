@@ -153,20 +153,21 @@ class MultiGoalEnv(gym.Env):
         )
 
 
-def goal_statistics(last_infos: list[dict[str, Any]]) -> dict[str, float]:
+def goal_statistics(last_infos: list[dict[str, Any]]) -> dict[str, float | None]:
     """Mode coverage of a set of evaluation episodes, from each episode's last ``info``.
 
     Returns ``goals_reached`` (distinct goals), ``goal_episodes`` (episodes that reached any goal),
-    ``max_goal_share`` (the largest fraction of those taken by one goal; NaN if none) and
+    ``max_goal_share`` (the largest fraction of those taken by one goal; None, "not measured", when
+    no episode reached a goal) and
     ``goal_<i>`` counts.
     """
     goals = [int(info.get("goal", -1)) for info in last_infos]
     counts = [goals.count(i) for i in range(len(GOAL_POSITIONS))]
     reached = sum(counts)
-    stats: dict[str, float] = {
+    stats: dict[str, float | None] = {
         "goals_reached": float(sum(c > 0 for c in counts)),
         "goal_episodes": float(reached),
-        "max_goal_share": max(counts) / reached if reached else float("nan"),
+        "max_goal_share": max(counts) / reached if reached else None,
     }
     stats.update({f"goal_{i}": float(c) for i, c in enumerate(counts)})
     return stats

@@ -1,10 +1,20 @@
 """What every training loop shares: the resolved config of a run, evaluation, the progress
-display, the recorder that fills the run directory, and the result a loop returns.
+display, checkpoints to resume from, the guard against NaNs, stopping on signals, and the
+recorder that fills the run directory.
 
-A loop (:mod:`diffmaxent.loops.replay`, :mod:`diffmaxent.loops.rollout`) only trains; at its
-evaluation points it hands the agent state to :class:`RunRecorder`, which evaluates on a separate
-env, appends a row to ``metrics.csv``, writes a checkpoint and redraws ``curve.png``, and at the
-end writes the env's report figure and ``summary.json``.
+A loop (:mod:`diffmaxent.loops.replay`, :mod:`diffmaxent.loops.rollout`) only trains; it hands
+the agent state and a ``snapshot`` of its own state (a function returning the loop's arrays and
+JSON) to :class:`RunRecorder`, which at an evaluation point evaluates on a separate env, appends a
+row to ``metrics.csv``, writes a checkpoint and redraws ``curve.png``; after every update checks
+the metrics for NaN and Inf; after every step writes a checkpoint and stops if SIGINT or SIGTERM
+arrived; and at the end writes the env's report figure and ``summary.json``.
+
+A checkpoint holds everything the run's future depends on, so a resumed run writes the same rows
+as the uninterrupted one: the agent state, the loop's state (its JAX key and numpy generator, the
+current observations, counters, the last update's metrics), the training and evaluation envs'
+state (:mod:`diffmaxent.envs.snapshot`), the metrics rows so far and the wall time. Where an env's
+state cannot be saved (MyoSuite), resume starts it afresh with a seed drawn from the run's seed
+and step, and says so in one line: such a resume is not bit-exact.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import datetime
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,8 +36,19 @@ from diffmaxent import checkpoint, runs
 from diffmaxent.config import hp, to_json_dict
 from diffmaxent.envs import env_report
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
+from diffmaxent.envs.snapshot import EnvStateUnsupported, capture_env_state, restore_env_state
+from diffmaxent.errors import (
+    InexactResumeWarning,
+    TrainingDiverged,
+    TrainingInterrupted,
+    UsageError,
+)
 
 EVAL_SEED_OFFSET = 10_000  # the evaluation env's seed is seed + this, so it never replays training
+
+Arrays = dict[str, np.ndarray]
+# A loop's own state for a checkpoint: (arrays, JSON-serialisable info).
+Snapshot = Callable[[], tuple[Arrays, dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,16 +96,39 @@ class ResolvedConfig:
         )
 
 
+class StopRequest:
+    """Set by the SIGINT / SIGTERM handler; the loop finishes its step, writes a checkpoint and
+    stops."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSetup:
-    """What a loop is given besides the agent: the config, the env's description, where to write
-    and how to show progress (True: a bar, False: silence, None: a bar on a terminal and one line
-    per evaluation otherwise)."""
+    """What a loop is given besides the agent: the config, the env's description, where to write,
+    how to show progress (True: a bar, False: silence, None: a bar on a terminal and one line per
+    evaluation otherwise), whether to resume from the run's newest intact checkpoint, and the
+    stop request the signal handlers set."""
 
     config: ResolvedConfig
     env_spec: EnvSpec
     run_dir: Path
     progress: bool | None
+    resume: bool = False
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """A checkpoint a loop continues from."""
+
+    directory: Path
+    env_step: int
+    state: Any  # the agent state
+    arrays: Arrays  # the loop's arrays (loop.npz)
+    info: dict[str, Any]  # the loop's JSON state
+    extra: Any  # what the loop's own check returned (the replay buffer)
 
 
 @dataclasses.dataclass
@@ -139,17 +184,134 @@ def evaluate(
     return Evaluation(np.asarray(returns, dtype=np.float64), last_infos, trajectories)
 
 
+# --- loop state in checkpoints -------------------------------------------------------------------
+
+
+def key_array(key: jax.Array) -> np.ndarray:
+    return np.asarray(key)
+
+
+def key_from_array(array: np.ndarray) -> jax.Array:
+    return jax.numpy.asarray(array)
+
+
+def generator_state(generator: np.random.Generator) -> dict[str, Any]:
+    return generator.bit_generator.state
+
+
+def generator_from_state(state: Mapping[str, Any]) -> np.random.Generator:
+    generator = np.random.Generator(np.random.PCG64())
+    generator.bit_generator.state = dict(state)
+    return generator
+
+
+def encode_floats(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values for JSON that keep NaN and Inf apart from None ("not measured")."""
+    return {
+        k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+        for k, v in values.items()
+    }
+
+
+def decode_floats(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float(v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def capture_env(env: Any, prefix: str, arrays: Arrays, capture: Callable = capture_env_state):
+    """Add the env's state to ``arrays`` under ``prefix``; its JSON state, or the reason it cannot
+    be saved."""
+    try:
+        env_arrays, info = capture(env)
+    except EnvStateUnsupported as error:
+        return {"unsupported": str(error)}
+    arrays.update({f"{prefix}{name}": value for name, value in env_arrays.items()})
+    return info
+
+
+def restore_env(
+    env: Any,
+    prefix: str,
+    arrays: Arrays,
+    info: Mapping[str, Any],
+    what: str,
+    restore: Callable = restore_env_state,
+) -> bool:
+    """Put ``env`` into its saved state; False (with a one-line warning) if it was not saved."""
+    if "unsupported" in info:
+        warnings.warn(
+            f"the {what}'s state was not saved ({info['unsupported']}); resume starts it afresh, "
+            "so the resumed run is not bit-exact",
+            InexactResumeWarning,
+            stacklevel=2,
+        )
+        return False
+    own = {name[len(prefix) :]: a for name, a in arrays.items() if name.startswith(prefix)}
+    restore(env, own, dict(info))
+    return True
+
+
+def fresh_seed(seed: int, env_step: int) -> int:
+    """A seed for an env whose state could not be saved, drawn from the run's seed and step."""
+    return int(np.random.SeedSequence([seed, env_step]).generate_state(1)[0])
+
+
+def find_resume_point(
+    setup: RunSetup,
+    template: Any,
+    check: Callable[[Path, int], Any] | None = None,
+) -> ResumePoint:
+    """The newest checkpoint of the run that can be resumed: its meta, agent state (shaped like
+    ``template``) and loop arrays read back intact, and ``check(directory, env_step)`` (the loop's
+    own, e.g. the replay rows) passed. Damaged checkpoints are skipped with a one-line warning;
+    newer ones and half-written temporaries are then removed, and ``config.json`` (with the
+    resumed run's total steps) and ``status.json`` are written: nothing in the run directory
+    changes until a checkpoint to resume from is found.
+
+    Raises:
+        UsageError: no checkpoint can be resumed.
+    """
+
+    def read(directory: Path) -> ResumePoint:
+        meta = checkpoint.read_meta(directory)
+        if meta.get("format") != checkpoint.FORMAT or not isinstance(meta.get("loop"), dict):
+            raise checkpoint.DamagedCheckpoint("it was written without the state to resume from")
+        state = checkpoint.restore(directory, template)
+        arrays = checkpoint.read_loop_arrays(directory)
+        extra = check(directory, meta["env_step"]) if check is not None else None
+        return ResumePoint(directory, meta["env_step"], state, arrays, meta["loop"], extra)
+
+    checkpoints = setup.run_dir / runs.CHECKPOINT_DIR
+    _, point = checkpoint.newest_intact(checkpoints, read, setup.run_dir)
+    if point.env_step > setup.config.steps:
+        raise UsageError(
+            f"the newest intact checkpoint of {str(setup.run_dir)!r} is at step "
+            f"{point.env_step}, beyond --steps {setup.config.steps}"
+        )
+    for newer in checkpoint.list_checkpoints(checkpoints):
+        if checkpoint.step_of(newer) > point.env_step:
+            checkpoint.remove(newer)
+    checkpoint.remove_temporaries(checkpoints)
+    runs.write_json(setup.run_dir / runs.CONFIG_FILE, setup.config.to_json(setup.env_spec))
+    runs.write_status(setup.run_dir, "running", point.env_step, checkpoint=str(point.directory))
+    return point
+
+
+# --- the recorder --------------------------------------------------------------------------------
+
+
 class Progress:
     """A terminal progress bar (tqdm) or, without a terminal, one line per evaluation."""
 
-    def __init__(self, total: int, enabled: bool | None, description: str) -> None:
+    def __init__(self, total: int, enabled: bool | None, description: str, initial: int) -> None:
         self.interactive = sys.stderr.isatty() if enabled is None else enabled
         self.quiet = enabled is False
         self.bar = None
         if self.interactive and not self.quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, initial=initial, desc=description, unit="step", dynamic_ncols=True
+            )
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:
@@ -173,18 +335,25 @@ class Progress:
 
 
 class RunRecorder:
-    """What every loop does at an evaluation point (evaluate, append a metrics row, save a
-    checkpoint, redraw the curve) and at the end (the env's report figure and ``summary.json``).
+    """Fills the run directory for a loop (see the module docstring).
 
-    It owns the evaluation env (seeded ``seed + EVAL_SEED_OFFSET``) and the progress display.
+    It owns the evaluation env (seeded ``seed + EVAL_SEED_OFFSET``, or restored from ``resume``),
+    ``metrics.csv``, the checkpoints, ``status.json`` and the progress display.
     """
 
-    def __init__(self, setup: RunSetup, metric_names: list[str], total_steps: int) -> None:
+    def __init__(
+        self,
+        setup: RunSetup,
+        metric_names: list[str],
+        total_steps: int,
+        resume: ResumePoint | None = None,
+    ) -> None:
         config = setup.config
         self.config = config
+        self.setup = setup
         self.env_spec = setup.env_spec
         self.run_dir = setup.run_dir
-        self.eval_env = config.make_env(config.seed + EVAL_SEED_OFFSET)
+        self.checkpoints = self.run_dir / runs.CHECKPOINT_DIR
         self.report = env_report(config.env)
         report_names = list(self.report.summarize([])) if self.report else []
         columns = [
@@ -197,11 +366,60 @@ class RunRecorder:
             *report_names,
             *metric_names,
         ]
-        self.log = runs.MetricsLog(self.run_dir / runs.METRICS_FILE, columns)
+        self.eval_env = config.make_env(config.seed + EVAL_SEED_OFFSET)
+        rows: list[dict[str, Any]] = []
+        wall_seconds = 0.0
+        self.last_checkpoint: Path | None = None
+        self.last_checkpoint_step = -1
+        initial = 0
+        if resume is not None:
+            recorded = resume.info["recorder"]
+            rows = [decode_floats(row) for row in recorded["rows"]]
+            wall_seconds = float(recorded["wall_seconds"])
+            if not restore_env(
+                self.eval_env, "eval_env/", resume.arrays, recorded["eval_env"], "evaluation env"
+            ):
+                self.eval_env = config.make_env(fresh_seed(config.seed + EVAL_SEED_OFFSET, 0))
+            self.last_checkpoint, self.last_checkpoint_step = resume.directory, resume.env_step
+            initial = resume.env_step
+        self.log = runs.MetricsLog(self.run_dir / runs.METRICS_FILE, columns, rows)
         self.total_steps = total_steps
-        self.bar = Progress(total_steps, setup.progress, f"{config.algo} {config.env}")
-        self.eval_mean = self.eval_std = math.nan
-        self.start = time.perf_counter()
+        self.bar = Progress(total_steps, setup.progress, f"{config.algo} {config.env}", initial)
+        last = rows[-1] if rows else {}
+        self.eval_mean = _float(last.get("eval_return_mean"))
+        self.eval_std = _float(last.get("eval_return_std"))
+        self.start = time.perf_counter() - wall_seconds
+
+    @property
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    # --- at every step ---
+
+    def check_update(self, env_step: int, updates: int, metrics: Mapping[str, Any]) -> None:
+        """Stop the run if an update's metric is NaN or Inf: a row with the metrics (``nan``
+        written out), status ``diverged``, and :class:`TrainingDiverged`."""
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                row = {"env_step": env_step, "wall_seconds": round(self.wall_seconds, 3)}
+                self.log.append({**row, "updates": updates, **metrics})
+                self._diverged(f"{name} ({value})", env_step)
+
+    def stop_if_requested(self, state: Any, env_step: int, snapshot: Snapshot) -> None:
+        """After a step: if SIGINT or SIGTERM arrived, write a checkpoint at this step (unless the
+        step's evaluation point just did), record ``interrupted`` and raise
+        :class:`TrainingInterrupted`."""
+        signum = self.setup.stop.signum
+        if signum is None:
+            return
+        if self.last_checkpoint_step != env_step:
+            self.checkpoint(state, env_step, snapshot)
+        runs.write_status(
+            self.run_dir, "interrupted", env_step, checkpoint=str(self.last_checkpoint)
+        )
+        raise TrainingInterrupted(signum, self.run_dir, env_step, self.last_checkpoint)
+
+    # --- at an evaluation point ---
 
     def evaluation_point(
         self,
@@ -209,9 +427,10 @@ class RunRecorder:
         state: Any,
         key: jax.Array,
         env_step: int,
-        train_episode_return: float,
+        train_episode_return: float | None,
         updates: int,
-        metrics: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        snapshot: Snapshot,
     ) -> None:
         loop = self.config.loop
         evaluation = evaluate(
@@ -219,39 +438,69 @@ class RunRecorder:
         )
         self.eval_mean = float(evaluation.returns.mean())
         self.eval_std = float(evaluation.returns.std())
-        elapsed = time.perf_counter() - self.start
-        self.log.append(
-            {
-                "env_step": env_step,
-                "wall_seconds": round(elapsed, 3),
-                "eval_return_mean": self.eval_mean,
-                "eval_return_std": self.eval_std,
-                "train_episode_return": train_episode_return,
-                "updates": updates,
-                **(self.report.summarize(evaluation.last_infos) if self.report else {}),
-                **{name: float(value) for name, value in metrics.items()},
-            }
-        )
-        checkpoints = self.run_dir / runs.CHECKPOINT_DIR
-        checkpoint.save(
-            checkpoint.step_directory(checkpoints, env_step),
-            state,
-            {
-                "env_step": env_step,
-                "algo": self.config.algo,
-                "config": self.config.to_json(self.env_spec),
-            },
-        )
-        checkpoint.prune(checkpoints, loop.checkpoint_keep)
+        row = {
+            "env_step": env_step,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "eval_return_mean": self.eval_mean,
+            "eval_return_std": self.eval_std,
+            "train_episode_return": train_episode_return,
+            "updates": updates,
+            **(self.report.summarize(evaluation.last_infos) if self.report else {}),
+            **metrics,
+        }
+        self.log.append(row)
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            self._diverged(f"{bad[0]} ({row[bad[0]]})", env_step)
+        self.checkpoint(state, env_step, snapshot)
         runs.plot_curve(
             self.log.rows,
             self.run_dir / runs.CURVE_FILE,
             f"{self.config.algo} on {self.config.env}",
         )
+        elapsed = self.wall_seconds
         self.bar.report(env_step, self.total_steps, self.eval_mean, env_step / max(elapsed, 1e-9))
 
+    def checkpoint(self, state: Any, env_step: int, snapshot: Snapshot) -> Path:
+        """Write a checkpoint of the agent, the loop and the envs at ``env_step`` (never one with a
+        NaN or Inf parameter: that stops the run as diverged), then keep the newest
+        ``checkpoint_keep``."""
+        bad_leaf = checkpoint.non_finite_leaf(state)
+        if bad_leaf is not None:
+            self._diverged(f"parameter {bad_leaf}", env_step)
+        arrays, loop_info = snapshot()
+        recorder = {
+            "rows": [encode_floats(row) for row in self.log.rows],
+            "wall_seconds": self.wall_seconds,
+            "eval_env": capture_env(self.eval_env, "eval_env/", arrays),
+        }
+        meta = {
+            "env_step": env_step,
+            "algo": self.config.algo,
+            "config": self.config.to_json(self.env_spec),
+            "loop": {**loop_info, "recorder": recorder},
+        }
+        directory = checkpoint.save(
+            checkpoint.step_directory(self.checkpoints, env_step), state, meta, arrays
+        )
+        self.last_checkpoint, self.last_checkpoint_step = directory, env_step
+        checkpoint.prune(self.checkpoints, self.config.loop.checkpoint_keep)
+        runs.write_status(self.run_dir, "running", env_step, checkpoint=str(directory))
+        return directory
+
+    def oldest_kept_step(self) -> int:
+        return min(checkpoint.step_of(p) for p in checkpoint.list_checkpoints(self.checkpoints))
+
+    def _diverged(self, what: str, env_step: int) -> None:
+        error = TrainingDiverged(what, self.run_dir, env_step, self.last_checkpoint)
+        runs.write_status(self.run_dir, "diverged", env_step, message=str(error))
+        raise error
+
+    # --- at the end ---
+
     def finish(self, agent: Any, state: Any, key: jax.Array, env_step: int) -> TrainResult:
-        """Write the report figure (if the env has one) and ``summary.json``."""
+        """Write the report figure (if the env has one), ``summary.json`` and status
+        ``complete``."""
         summary: dict[str, Any] = {
             "eval_return_mean": self.eval_mean,
             "eval_return_std": self.eval_std,
@@ -261,20 +510,26 @@ class RunRecorder:
             # The figure shows the policy's own samples (stochastic), as in the MaxEntDP paper.
             sampled = evaluate(agent, state, self.eval_env, report.plot_episodes, key, False, True)
             if report.plot is not None:
-                report.plot(
-                    sampled.trajectories,
-                    str(self.run_dir / report.plot_file),
-                    f"{self.config.algo}: {report.plot_episodes} sampled episodes "
-                    f"after {env_step} steps",
-                )
+                with runs.atomic_path(self.run_dir / report.plot_file) as temporary:
+                    report.plot(
+                        sampled.trajectories,
+                        str(temporary),
+                        f"{self.config.algo}: {report.plot_episodes} sampled episodes "
+                        f"after {env_step} steps",
+                    )
             summary["stochastic_episodes"] = {
                 "episodes": report.plot_episodes,
                 "return_mean": float(sampled.returns.mean()),
                 **report.summarize(sampled.last_infos),
             }
         runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
+        runs.write_status(self.run_dir, "complete", env_step, checkpoint=str(self.last_checkpoint))
         return TrainResult(self.run_dir, self.eval_mean, self.eval_std, self.log.rows, summary)
 
     def close(self) -> None:
         self.bar.close()
         self.eval_env.close()
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)

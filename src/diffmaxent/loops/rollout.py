@@ -18,7 +18,6 @@ it while a termination does not.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import gymnasium as gym
@@ -29,7 +28,21 @@ import numpy as np
 from diffmaxent.agents.onpolicy import OnPolicyAgent, Rollout, example_rollout
 from diffmaxent.config import hp, with_defaults
 from diffmaxent.envs.factory import make_env
-from diffmaxent.loops.bookkeeping import EvaluationSchedule, RunRecorder, RunSetup, TrainResult
+from diffmaxent.envs.snapshot import capture_vector_env_state, restore_vector_env_state
+from diffmaxent.loops.bookkeeping import (
+    EvaluationSchedule,
+    RunRecorder,
+    RunSetup,
+    TrainResult,
+    capture_env,
+    decode_floats,
+    encode_floats,
+    find_resume_point,
+    fresh_seed,
+    key_array,
+    key_from_array,
+    restore_env,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,11 +71,12 @@ def make_vector_env(
 
 
 class EpisodeTracker:
-    """Running returns of the training envs; ``last`` is the most recent finished episode's."""
+    """Running returns of the training envs; ``last`` is the most recent finished episode's
+    (None before the first)."""
 
     def __init__(self, num_envs: int) -> None:
         self.running = np.zeros(num_envs)
-        self.last = math.nan
+        self.last: float | None = None
         self.finished = 0
 
     def add(self, reward: np.ndarray, done: np.ndarray) -> None:
@@ -125,43 +139,84 @@ def collect_rollout(
 
 def run(setup: RunSetup, agent: OnPolicyAgent) -> TrainResult:
     """Train ``agent`` for ``setup.config.steps`` env steps (whole rollouts) and fill the run
-    directory."""
+    directory. A step of this loop is one rollout and its update: evaluation points, checkpoints
+    and stops on a signal fall between them."""
     config = setup.config
     loop = config.loop
-    key = jax.random.PRNGKey(config.seed)
-    key, init_key = jax.random.split(key)
+    key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = agent.init(init_key)
     steps_per_rollout = loop.num_envs * loop.rollout_steps
     iterations = -(-config.steps // steps_per_rollout)
-
     example = example_rollout(
         agent, state, setup.env_spec.obs_dim, loop.rollout_steps, loop.num_envs
     )
     metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
-    recorder = RunRecorder(setup, metric_names, iterations * steps_per_rollout)
+    resume = find_resume_point(setup, state) if setup.resume else None
+    recorder = RunRecorder(setup, metric_names, iterations * steps_per_rollout, resume)
     envs = make_vector_env(config.env, loop.num_envs, config.seed, loop.action_repeat)
     tracker = EpisodeTracker(loop.num_envs)
+    metrics: dict[str, float] = {}
+    iteration = 0
     try:
-        obs, _ = envs.reset()
-        obs = np.asarray(obs, np.float32)
-        for iteration in range(1, iterations + 1):
+        if resume is None:
+            obs = np.asarray(envs.reset()[0], np.float32)
+        else:
+            state, info, iteration = resume.state, resume.info, resume.info["iteration"]
+            key, obs = key_from_array(resume.arrays["key"]), resume.arrays["obs"]
+            tracker.running = resume.arrays["episode_returns"]
+            tracker.last, tracker.finished = info["last_episode_return"], info["episodes"]
+            metrics = decode_floats(info["metrics"])
+            if not restore_env(
+                envs,
+                "envs/",
+                resume.arrays,
+                info["envs"],
+                "training envs",
+                restore_vector_env_state,
+            ):
+                envs.close()
+                seed = fresh_seed(config.seed, resume.env_step)
+                envs = make_vector_env(config.env, loop.num_envs, seed, loop.action_repeat)
+                obs = np.asarray(envs.reset()[0], np.float32)
+                tracker.running[:] = 0.0
+
+        def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            arrays = {
+                "key": key_array(key),
+                "obs": np.asarray(obs),
+                "episode_returns": tracker.running.copy(),
+            }
+            info = {
+                "iteration": iteration,
+                "last_episode_return": tracker.last,
+                "episodes": tracker.finished,
+                "metrics": encode_floats(metrics),
+                "envs": capture_env(envs, "envs/", arrays, capture_vector_env_state),
+            }
+            return arrays, info
+
+        env_step = iteration * steps_per_rollout
+        while iteration < iterations:
+            iteration += 1
             rollout, obs, key = collect_rollout(
                 agent, state, envs, obs, key, loop.rollout_steps, tracker
             )
             key, update_key = jax.random.split(key)
-            state, metrics = agent.update(state, rollout, update_key)
+            state, update_metrics = agent.update(state, rollout, update_key)
+            metrics = {k: float(v) for k, v in jax.device_get(update_metrics).items()}
             env_step = iteration * steps_per_rollout
+            recorder.check_update(env_step, iteration, metrics)
             recorder.bar.advance(steps_per_rollout)
             passed_eval = env_step // loop.eval_every > (env_step - steps_per_rollout) // (
                 loop.eval_every
             )
-            if not (passed_eval or iteration == iterations):
-                continue
-            key, eval_key = jax.random.split(key)
-            recorder.evaluation_point(
-                agent, state, eval_key, env_step, tracker.last, iteration, metrics
-            )
-        key, plot_key = jax.random.split(key)
+            if passed_eval or iteration == iterations:
+                key, eval_key = jax.random.split(key)
+                recorder.evaluation_point(
+                    agent, state, eval_key, env_step, tracker.last, iteration, metrics, snapshot
+                )
+            recorder.stop_if_requested(state, env_step, snapshot)
+        _, plot_key = jax.random.split(key)
         return recorder.finish(agent, state, plot_key, env_step)
     finally:
         recorder.close()

@@ -1,5 +1,7 @@
-"""Cost of replay-buffer checkpoints: an incremental `save_rows` against a full `restore`.
+"""Cost of a training checkpoint and of resuming from it: the replay rows (incremental) and the
+agent's state.
 
+Part 1, the replay buffer (`ReplayBuffer.save_rows` against a full `restore`):
 Fills a `ReplayBuffer` with random transitions of an env's shapes (Humanoid-v5: obs 348, action
 17, 2,864 bytes a transition) in blocks of `--every` (an evaluation interval) and, after each
 block, saves the new rows as one chunk, as a training run's checkpoint would (then prunes the
@@ -14,8 +16,12 @@ The chunks go to a temporary directory under /tmp (or `--tmp`), deleted at the e
 about min(`--until`, `--capacity`) x 2,864 bytes free there, and memory for two buffers (the live
 one and the restored one it is compared with: 5.8 GB at 1M).
 
-    python benchmarks/replay_checkpoint_cost.py --until 100000     # 100k only, ~0.3 GB on disk
-    python benchmarks/replay_checkpoint_cost.py                    # to 1M, ~2.9 GB on disk
+Part 2, the rest of a checkpoint (`--algos`): the agent state (parameters and optimiser states),
+the loop's arrays and the env's physics, written by `checkpoint.save` and read back as resume
+does (`checkpoint.restore`, `read_loop_arrays`, `read_meta`), for each `ALGO:PRESET` on the env.
+
+    python benchmarks/checkpoint_cost.py --until 100000     # 100k only, ~0.3 GB on disk
+    python benchmarks/checkpoint_cost.py                    # to 1M, ~2.9 GB on disk
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from diffmaxent import make_env
+from diffmaxent import ALGOS, checkpoint, make_env, resolve_config
 from diffmaxent.buffer import FIELDS, ReplayBuffer, prune_rows
+from diffmaxent.loops.bookkeeping import capture_env, key_array
 
 
 def add_random_block(buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> None:
@@ -79,6 +87,37 @@ def directory_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.iterdir())
 
 
+def agent_checkpoint_cost(
+    algo: str, preset: str, env_id: str, directory: Path, repeats: int
+) -> tuple[float, float, float]:
+    """Median seconds to save and to read back the non-replay part of a checkpoint, and its MB."""
+    config = resolve_config(algo, env_id, preset=preset)
+    env = config.make_env(0)
+    obs, _ = env.reset()
+    agent = ALGOS[algo].make(config.agent, env.env_spec)
+    template = agent.init(jax.random.PRNGKey(0))
+    arrays = {"key": key_array(jax.random.PRNGKey(1)), "obs": obs}
+    meta = {
+        "env_step": 1,
+        "config": config.to_json(env.env_spec),
+        "loop": {"env": capture_env(env, "env/", arrays)},
+    }
+    target = checkpoint.step_directory(directory, 1)
+    saves, reads = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        checkpoint.save(target, template, meta, arrays)
+        saves.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        jax.block_until_ready(checkpoint.restore(target, template))
+        checkpoint.read_loop_arrays(target)
+        checkpoint.read_meta(target)
+        reads.append(time.perf_counter() - start)
+    size = sum(p.stat().st_size for p in target.iterdir()) / 1e6
+    env.close()
+    return statistics.median(saves), statistics.median(reads), size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="Humanoid-v5", help="env whose obs/action dims to use")
@@ -95,6 +134,11 @@ def main() -> None:
     parser.add_argument("--tmp", default="/tmp", help="where to create the replay directory")
     parser.add_argument("--repeats", type=int, default=3, help="restores timed per report")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--algos",
+        default="sac:paper,maxentdp:paper,dime:paper-gym",
+        help="ALGO:PRESET pairs whose agent-state checkpoint to time (empty: none)",
+    )
     args = parser.parse_args()
     until = args.capacity if args.until is None else args.until
     report_at = sorted(n for n in map(int, args.report_at.split(",")) if n <= until)
@@ -146,6 +190,20 @@ def main() -> None:
                 print(f"  reported at {buffer.inserted:,}", flush=True)
     finally:
         shutil.rmtree(directory)
+
+    pairs = [pair.split(":") for pair in args.algos.split(",") if pair]
+    agent_rows = []
+    for algo, preset in pairs:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as scratch:
+            save, read, size = agent_checkpoint_cost(
+                algo, preset, args.env, Path(scratch), args.repeats
+            )
+        agent_rows.append((f"{algo} ({preset})", f"{size:.1f}", f"{save:.2f}", f"{read:.2f}"))
+    if agent_rows:
+        print("| agent state, loop and env | MB | save s (median) | read back s (median) |")
+        print("|---|---|---|---|")
+        for row in agent_rows:
+            print("| " + " | ".join(row) + " |")
 
     header = (
         "inserted",
