@@ -283,11 +283,14 @@ def test_a_damaged_config_json_uses_the_config_saved_in_a_checkpoint(
     json.loads((run_dir / runs.CONFIG_FILE).read_text())  # written again, intact
 
 
-def test_a_directory_that_is_no_run_is_refused(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    for command in (["eval", str(tmp_path / "empty")], ["train", "--resume", str(tmp_path / "x")]):
-        assert main(command) == 2
-        _one_error_line(capsys, "")
+def test_a_directory_that_is_no_run_is_refused_and_left_as_it_was(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target in (empty, tmp_path / "missing"):
+        for command in (["eval", str(target)], ["train", "--resume", str(target)]):
+            assert main(command) == 2
+            _one_error_line(capsys, "not a run directory")
+    assert list(empty.iterdir()) == [] and not (tmp_path / "missing").exists()
 
 
 def test_a_complete_run_resumes_only_to_a_larger_total(trained, tmp_path, capsys):

@@ -220,8 +220,8 @@ def _env_spec(config: ResolvedConfig) -> EnvSpec:
 
 
 def _resume(run_dir: Path, steps: int | None, progress: bool | None) -> TrainResult:
-    if not run_dir.is_dir():
-        raise UsageError(f"cannot resume {str(run_dir)!r}: no such run directory")
+    if not run_dir.is_dir() or not runs.holds_run(run_dir):
+        raise UsageError(f"cannot resume {str(run_dir)!r}: it is not a run directory")
     with runs.RunLock(run_dir):
         config, env_spec = run_config(run_dir)
         done = config.steps
