@@ -9,6 +9,7 @@ from diffmaxent import runs
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_sac_reaches_minus_250_on_pendulum_within_15k_steps(tmp_path):
     result = diffmaxent.train(
         "sac",

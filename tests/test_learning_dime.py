@@ -38,6 +38,7 @@ def test_dime_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_crossq_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
     returns = _pendulum_returns("crossq", tmp_path / "crossq", 6_000)
     assert max(returns) >= -250
@@ -45,6 +46,7 @@ def test_crossq_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_dime_keeps_several_goals_on_multigoal(tmp_path):
     # The criterion for one seed (the three-seed runs are in docs/benchmarks.md):
     # 50 stochastic episodes after training reach at least 3 distinct goals and no goal takes

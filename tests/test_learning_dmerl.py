@@ -40,6 +40,7 @@ def test_diffppo_reaches_minus_400_on_pendulum_within_80k_steps(tmp_path):
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_diffsac_reaches_minus_250_on_pendulum_within_10k_steps(tmp_path):
     returns = _pendulum_returns("diffsac", tmp_path / "diffsac", OFF_POLICY_STEPS, 1_000)
     assert max(returns) >= -250
@@ -47,6 +48,7 @@ def test_diffsac_reaches_minus_250_on_pendulum_within_10k_steps(tmp_path):
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_diffwpo_reaches_minus_250_on_pendulum_within_10k_steps(tmp_path):
     returns = _pendulum_returns("diffwpo", tmp_path / "diffwpo", OFF_POLICY_STEPS, 1_000)
     assert max(returns) >= -250
