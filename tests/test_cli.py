@@ -207,3 +207,21 @@ def test_presets_prints_every_value_each_preset_sets_on_an_env(capsys, algo, env
             shown = table[name][column].rstrip("*")
             expected = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             assert shown == expected, (preset, name)
+
+
+def test_every_option_of_every_subcommand_has_a_help_line_with_its_default():
+    import argparse
+
+    from diffmaxent.cli import _build_parser
+
+    parser = _build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"train", "eval", "bench", "algos", "presets"}
+    for name, subparser in commands.choices.items():
+        for action in subparser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.dest} has no help"
+            if action.option_strings:
+                assert "default" in action.help, f"{name} {action.option_strings[0]}"
+    assert "default maxentdp" in " ".join(commands.choices["train"].format_help().split())

@@ -44,11 +44,13 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an agent and write a run directory")
-    train.add_argument("--algo", default=api.DEFAULT_ALGO, help="algorithm (see `algos`)")
+    train.add_argument(
+        "--algo", default=api.DEFAULT_ALGO, help="algorithm (see `algos`; default %(default)s)"
+    )
     train.add_argument(
         "--env",
         default=api.DEFAULT_ENV,
-        help="env id: a Gymnasium id, dmc:DOMAIN-TASK or myo:ENV_ID",
+        help="env id: a Gymnasium id, dmc:DOMAIN-TASK or myo:ENV_ID (default %(default)s)",
     )
     train.add_argument(
         "--steps",
@@ -56,12 +58,16 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_int("--steps"),
         help=f"env steps (default {api.DEFAULT_STEPS}; with --resume: a new total)",
     )
-    train.add_argument("--seed", default=0, type=_int("--seed"), help="random seed")
-    train.add_argument("--out", default=None, help="run directory (default: runs/<algo>-<env>-...)")
+    train.add_argument(
+        "--seed", default=0, type=_int("--seed"), help="random seed (default %(default)s)"
+    )
+    train.add_argument(
+        "--out", default=None, help="run directory (default runs/<algo>-<env>-seed<seed>-<time>)"
+    )
     train.add_argument(
         "--preset",
         default=api.DEFAULT_PRESET,
-        help="hyperparameter preset (see `presets ALGO`)",
+        help="hyperparameter preset (see `presets ALGO`; default %(default)s)",
     )
     train.add_argument(
         "--set",
@@ -69,25 +75,36 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a hyperparameter (repeatable)",
+        help="override a hyperparameter (repeatable; default: the preset's values)",
     )
-    train.add_argument("--force", action="store_true", help="replace a run already in --out")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a run already in --out (default: refuse to)",
+    )
     train.add_argument(
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue a run from its newest intact checkpoint (with --steps: to a new total)",
+        help="continue a run from its newest intact checkpoint, with --steps to a new total "
+        "(default: start a new run)",
     )
-    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output (default: a bar on a terminal, else a line per evaluation)",
+    )
 
     evaluate = commands.add_parser("eval", help="evaluate the last checkpoint of a run")
     evaluate.add_argument("run_dir", help="a run directory written by `train`")
-    evaluate.add_argument("--episodes", default=10, type=_int("--episodes"))
+    evaluate.add_argument(
+        "--episodes", default=10, type=_int("--episodes"), help="episodes (default %(default)s)"
+    )
     evaluate.add_argument(
         "--seed",
         default=0,
         type=_int("--seed"),
-        help="seed of the evaluation env and the policy's noise",
+        help="seed of the evaluation env and the policy's noise (default %(default)s)",
     )
     mode = evaluate.add_mutually_exclusive_group()
     mode.add_argument(
@@ -98,40 +115,50 @@ def _build_parser() -> argparse.ArgumentParser:
         help="deterministic actions (default: as the run evaluated)",
     )
     mode.add_argument(
-        "--stochastic", dest="deterministic", action="store_false", help="sampled actions"
+        "--stochastic",
+        dest="deterministic",
+        action="store_false",
+        help="sampled actions (default: as the run evaluated)",
     )
     evaluate.add_argument(
         "--video",
         action="store_true",
-        help="render the episodes offscreen into RUN_DIR/videos/step<N>-seed<S>.mp4",
+        help="render the episodes offscreen into RUN_DIR/videos/step<N>-seed<S>.mp4 "
+        "(default: no video)",
     )
 
     bench = commands.add_parser("bench", help="time one update and one env step of an agent")
-    bench.add_argument("--algo", default=api.DEFAULT_ALGO)
-    bench.add_argument("--env", default=api.DEFAULT_ENV)
-    bench.add_argument("--preset", default=api.DEFAULT_PRESET)
+    bench.add_argument(
+        "--algo", default=api.DEFAULT_ALGO, help="algorithm (see `algos`; default %(default)s)"
+    )
+    bench.add_argument("--env", default=api.DEFAULT_ENV, help="env id (default %(default)s)")
+    bench.add_argument(
+        "--preset", default=api.DEFAULT_PRESET, help="hyperparameter preset (default %(default)s)"
+    )
     bench.add_argument(
         "--set",
         dest="assignments",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a hyperparameter (repeatable)",
+        help="override a hyperparameter (repeatable; default: the preset's values)",
     )
     bench.add_argument(
         "--repeats",
         default=10,
         type=_int("--repeats"),
-        help="timed calls per measurement (the median is reported)",
+        help="timed calls per measurement, the median reported (default %(default)s)",
     )
 
     commands.add_parser("algos", help="list the algorithms")
     presets = commands.add_parser(
         "presets", help="every value each preset of an algorithm sets, and what it means"
     )
-    presets.add_argument("algo")
+    presets.add_argument("algo", help="an algorithm (see `algos`)")
     presets.add_argument(
-        "--env", default=None, help="show the values each preset sets on this env id"
+        "--env",
+        default=None,
+        help="show the values each preset sets on this env id (default: on any env)",
     )
     return parser
 
