@@ -225,3 +225,19 @@ def test_every_option_of_every_subcommand_has_a_help_line_with_its_default():
             if action.option_strings:
                 assert "default" in action.help, f"{name} {action.option_strings[0]}"
     assert "default maxentdp" in " ".join(commands.choices["train"].format_help().split())
+
+
+def test_multigoal_progress_and_final_lines_say_how_many_goals_were_reached(tmp_path, capsys):
+    settings = ["actor_hidden_dims=8", "critic_hidden_dims=8", "batch_size=8"]
+    settings += ["learning_starts=10", "eval_every=30", "eval_episodes=2"]
+    sets = [item for setting in settings for item in ("--set", setting)]
+    out = tmp_path / "mg"
+    arguments = ["train", "--algo", "sac", "--env", "MultiGoal-v0", "--steps", "60"]
+    assert main([*arguments, "--out", str(out), *sets]) == 0
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("step ")]
+    assert len(progress) == 2
+    assert all(re.search(r"goals reached [0-4] of 4", line) for line in progress)
+    assert re.search(
+        r"final evaluation return .*; goals reached [0-4] of 4; run directory", captured.out
+    )

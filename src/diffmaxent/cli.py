@@ -192,7 +192,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"final evaluation return {result.eval_return_mean:.2f} ± {result.eval_return_std:.2f}; "
-        f"run directory {result.run_dir}"
+        + (f"{result.headline}; " if result.headline else "")
+        + f"run directory {result.run_dir}"
     )
     return 0
 

@@ -16,6 +16,7 @@ from diffmaxent.envs.factory import (
     make_env,
 )
 from diffmaxent.envs.multigoal import (
+    GOAL_POSITIONS,
     MultiGoalEnv,
     goal_statistics,
     plot_trajectories,
@@ -26,12 +27,14 @@ from diffmaxent.envs.multigoal import (
 class EnvReport:
     """Extra evaluation output for an env: columns computed from each evaluation's last infos,
     and, at the end of training, ``plot_episodes`` stochastic episodes summarised in
-    ``summary.json`` and drawn by ``plot`` (if any) into ``plot_file``."""
+    ``summary.json`` and drawn by ``plot`` (if any) into ``plot_file``; ``headline`` turns an
+    evaluation's columns into the few words the progress line and the final line show."""
 
     summarize: Callable[[list[dict[str, Any]]], dict[str, float | None]]
     plot: Callable[[list[np.ndarray], str, str], None] | None = None
     plot_file: str = ""
     plot_episodes: int = 0
+    headline: Callable[[dict[str, Any]], str] | None = None
 
 
 def success_rate(last_infos: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -42,10 +45,21 @@ def success_rate(last_infos: list[dict[str, Any]]) -> dict[str, float | None]:
     return {"success_rate": float(np.mean([bool(i.get("success", False)) for i in last_infos]))}
 
 
+def _goals_headline(row: dict[str, Any]) -> str:
+    return f"goals reached {row['goals_reached']:.0f} of {len(GOAL_POSITIONS)}"
+
+
+def _success_headline(row: dict[str, Any]) -> str:
+    rate = row.get("success_rate")
+    return "success rate -" if rate is None else f"success rate {rate:.2f}"
+
+
 ENV_REPORTS: dict[str, EnvReport] = {
-    "MultiGoal-v0": EnvReport(goal_statistics, plot_trajectories, "trajectories.png", 50),
+    "MultiGoal-v0": EnvReport(
+        goal_statistics, plot_trajectories, "trajectories.png", 50, _goals_headline
+    ),
 }
-SUITE_REPORTS: dict[str, EnvReport] = {"myo": EnvReport(success_rate)}
+SUITE_REPORTS: dict[str, EnvReport] = {"myo": EnvReport(success_rate, headline=_success_headline)}
 
 
 def env_report(env_id: str) -> EnvReport | None:

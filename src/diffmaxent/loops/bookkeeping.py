@@ -138,6 +138,7 @@ class TrainResult:
     eval_return_std: float
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
+    headline: str = ""  # the env's few words on the final evaluation (MultiGoal: goals reached)
 
 
 @dataclasses.dataclass
@@ -317,13 +318,19 @@ class Progress:
         if self.bar is not None:
             self.bar.update(steps)
 
-    def report(self, step: int, total: int, eval_mean: float, steps_per_s: float) -> None:
+    def report(
+        self, step: int, total: int, eval_mean: float, steps_per_s: float, headline: str = ""
+    ) -> None:
+        """Show an evaluation; ``headline`` is the env's own summary (MultiGoal's goals)."""
         if self.bar is not None:
-            self.bar.set_postfix(eval_return=f"{eval_mean:.1f}", refresh=False)
+            extra = {"eval": headline} if headline else {}
+            self.bar.set_postfix(eval_return=f"{eval_mean:.1f}", **extra, refresh=False)
         elif not self.quiet:
             remaining = (total - step) / max(steps_per_s, 1e-9)
             print(
-                f"step {step}/{total}  eval_return {eval_mean:.1f}  {steps_per_s:.0f} steps/s  "
+                f"step {step}/{total}  eval_return {eval_mean:.1f}  "
+                + (f"{headline}  " if headline else "")
+                + f"{steps_per_s:.0f} steps/s  "
                 f"ETA {datetime.timedelta(seconds=int(remaining))}",
                 file=sys.stderr,
                 flush=True,
@@ -459,7 +466,19 @@ class RunRecorder:
             f"{self.config.algo} on {self.config.env}",
         )
         elapsed = self.wall_seconds
-        self.bar.report(env_step, self.total_steps, self.eval_mean, env_step / max(elapsed, 1e-9))
+        self.bar.report(
+            env_step,
+            self.total_steps,
+            self.eval_mean,
+            env_step / max(elapsed, 1e-9),
+            self.headline(row),
+        )
+
+    def headline(self, row: Mapping[str, Any]) -> str:
+        """The env's few words on an evaluation row (MultiGoal: goals reached), else ""."""
+        if self.report is None or self.report.headline is None or not row:
+            return ""
+        return self.report.headline(dict(row))
 
     def checkpoint(self, state: Any, env_step: int, snapshot: Snapshot) -> Path:
         """Write a checkpoint of the agent, the loop and the envs at ``env_step`` (never one with a
@@ -524,7 +543,11 @@ class RunRecorder:
             }
         runs.write_json(self.run_dir / runs.SUMMARY_FILE, summary)
         runs.write_status(self.run_dir, "complete", env_step, checkpoint=str(self.last_checkpoint))
-        return TrainResult(self.run_dir, self.eval_mean, self.eval_std, self.log.rows, summary)
+        evaluated = [row for row in self.log.rows if row.get("eval_return_mean") is not None]
+        headline = self.headline(evaluated[-1]) if evaluated else ""
+        return TrainResult(
+            self.run_dir, self.eval_mean, self.eval_std, self.log.rows, summary, headline
+        )
 
     def close(self) -> None:
         self.bar.close()
