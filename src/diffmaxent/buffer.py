@@ -18,6 +18,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 
+from diffmaxent.runs import fsync_directory
 from diffmaxent.types import Batch
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
@@ -148,7 +149,7 @@ class ReplayBuffer:
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
-        _fsync_directory(directory)
+        fsync_directory(directory)
         return path
 
     @classmethod
@@ -267,15 +268,6 @@ def _write_member(
         np.lib.format.write_array_header_1_0(member, header)
         for segment in _ring_segments(array, first, stop):
             member.write(memoryview(segment).cast("B"))
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or creation in ``directory`` survive a power loss, not just a crash."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _chunks(directory: Path) -> list[Chunk]:

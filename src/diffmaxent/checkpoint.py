@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from diffmaxent.errors import DamagedFileWarning, UsageError
-from diffmaxent.runs import fsync_directory
+from diffmaxent.runs import error_reason, fsync_directory
 
 STATE_FILE = "state.npz"
 LOOP_FILE = "loop.npz"
@@ -104,12 +104,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise DamagedCheckpoint(f"{path.name} is unreadable ({_reason(error)})") from None
-
-
-def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+        raise DamagedCheckpoint(f"{path.name} is unreadable ({error_reason(error)})") from None
 
 
 def restore(directory: Path, template: Any) -> Any:
@@ -150,7 +145,7 @@ def read_meta(directory: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise DamagedCheckpoint(f"{META_FILE} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DamagedCheckpoint(f"{META_FILE} is unreadable ({_reason(error)})") from None
+        raise DamagedCheckpoint(f"{META_FILE} is unreadable ({error_reason(error)})") from None
     step = step_of(directory)
     if not isinstance(meta, dict) or meta.get("env_step") != step:
         raise DamagedCheckpoint(f"{META_FILE} is not the meta of step {step}")

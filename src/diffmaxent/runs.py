@@ -109,13 +109,14 @@ def read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise DamagedFileError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DamagedFileError(f"{path} is damaged ({_reason(error)})") from None
+        raise DamagedFileError(f"{path} is damaged ({error_reason(error)})") from None
     if not isinstance(data, dict):
         raise DamagedFileError(f"{path} is damaged (not a JSON object)")
     return data
 
 
-def _reason(error: BaseException) -> str:
+def error_reason(error: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
 
