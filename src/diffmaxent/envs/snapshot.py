@@ -161,8 +161,8 @@ def capture_env_state(env: gym.Env) -> tuple[Arrays, dict[str, Any]]:
     info = {
         "layers": [_class_name(layer) for layer in layers],
         "wrappers": wrappers,
-        "action_rng": _rng_state(env.action_space._np_random),
-        "np_random": _rng_state(base._np_random),
+        "action_rng": generator_state(env.action_space._np_random),
+        "np_random": generator_state(base._np_random),
         "np_random_seed": _plain(base._np_random_seed),
         "env": _CAPTURE[kind](base, arrays),
     }
@@ -184,8 +184,8 @@ def restore_env_state(env: gym.Env, arrays: Arrays, info: dict[str, Any]) -> Non
     for layer, attributes in zip(layers[:-1], info["wrappers"], strict=True):
         for name, value in attributes.items():
             setattr(layer, name, value)
-    env.action_space._np_random = _generator(info["action_rng"])
-    base._np_random = _generator(info["np_random"])
+    env.action_space._np_random = generator_from_state(info["action_rng"])
+    base._np_random = generator_from_state(info["np_random"])
     base._np_random_seed = info["np_random_seed"]
     _RESTORE[kind](base, arrays, info["env"])
 
@@ -209,7 +209,7 @@ def capture_vector_env_state(
         "envs": sub_infos,
         "autoreset_mode": envs.autoreset_mode.value,
         "autoreset_envs": envs._autoreset_envs.tolist(),
-        "action_rng": _rng_state(envs.action_space._np_random),
+        "action_rng": generator_state(envs.action_space._np_random),
     }
     return arrays, info
 
@@ -238,7 +238,7 @@ def restore_vector_env_state(
     else:
         envs._env_obs = [None] * envs.num_envs
     envs._autoreset_envs = np.array(info["autoreset_envs"], dtype=np.bool_)
-    envs.action_space._np_random = _generator(info["action_rng"])
+    envs.action_space._np_random = generator_from_state(info["action_rng"])
 
 
 def _check_sync_vector_env(envs: gym.vector.VectorEnv) -> None:
@@ -275,7 +275,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _rng_state(generator: np.random.Generator | None) -> dict[str, Any] | None:
+def generator_state(generator: np.random.Generator | None) -> dict[str, Any] | None:
+    """A numpy generator's state as JSON (None for None); only PCG64, Gymnasium's and numpy's
+    default, is accepted."""
     if generator is None:
         return None
     if not isinstance(generator.bit_generator, np.random.PCG64):
@@ -286,7 +288,7 @@ def _rng_state(generator: np.random.Generator | None) -> dict[str, Any] | None:
     return generator.bit_generator.state
 
 
-def _generator(state: dict[str, Any] | None) -> np.random.Generator | None:
+def generator_from_state(state: dict[str, Any] | None) -> np.random.Generator | None:
     if state is None:
         return None
     generator = np.random.Generator(np.random.PCG64())

@@ -196,16 +196,6 @@ def key_from_array(array: np.ndarray) -> jax.Array:
     return jax.numpy.asarray(array)
 
 
-def generator_state(generator: np.random.Generator) -> dict[str, Any]:
-    return generator.bit_generator.state
-
-
-def generator_from_state(state: Mapping[str, Any]) -> np.random.Generator:
-    generator = np.random.Generator(np.random.PCG64())
-    generator.bit_generator.state = dict(state)
-    return generator
-
-
 def encode_floats(values: Mapping[str, Any]) -> dict[str, Any]:
     """Values for JSON that keep NaN and Inf apart from None ("not measured")."""
     return {

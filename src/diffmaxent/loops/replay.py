@@ -28,6 +28,7 @@ from diffmaxent.buffer import (
 )
 from diffmaxent.checkpoint import DamagedCheckpoint
 from diffmaxent.config import hp
+from diffmaxent.envs.snapshot import generator_from_state, generator_state
 from diffmaxent.loops.bookkeeping import (
     EvaluationSchedule,
     RunRecorder,
@@ -38,8 +39,6 @@ from diffmaxent.loops.bookkeeping import (
     encode_floats,
     find_resume_point,
     fresh_seed,
-    generator_from_state,
-    generator_state,
     key_array,
     key_from_array,
     restore_env,
