@@ -11,13 +11,14 @@ Public API::
 from diffmaxent.api import LoadedAgent, load, resolve_config, train
 from diffmaxent.envs import make_env
 from diffmaxent.errors import UsageError
-from diffmaxent.loops.bookkeeping import TrainResult
+from diffmaxent.loops.bookkeeping import GroupResult, TrainResult
 from diffmaxent.registry import ALGOS
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGOS",
+    "GroupResult",
     "LoadedAgent",
     "TrainResult",
     "UsageError",

@@ -14,14 +14,14 @@ import re
 import signal
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from diffmaxent import checkpoint, runs
+from diffmaxent import checkpoint, runs, trackers
 from diffmaxent.config import (
     describe_fields,
     field_types,
@@ -31,7 +31,13 @@ from diffmaxent.config import (
 from diffmaxent.envs import env_suite
 from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.errors import DamagedFileWarning, PresetSuiteWarning, TrainingStopped, UsageError
-from diffmaxent.loops.bookkeeping import ResolvedConfig, RunSetup, StopRequest, TrainResult
+from diffmaxent.loops.bookkeeping import (
+    GroupResult,
+    ResolvedConfig,
+    RunSetup,
+    StopRequest,
+    TrainResult,
+)
 from diffmaxent.registry import AlgoSpec, get_algo
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
@@ -122,10 +128,55 @@ def hyperparameter_table(algo: str) -> list[tuple[str, str, Any, str]]:
     return describe_fields(spec.config_cls) + describe_fields(spec.loop.config_cls)
 
 
-def default_run_directory(algo: str, env: str, seed: int) -> Path:
+def default_run_directory(algo: str, env: str, seed: int | Sequence[int]) -> Path:
+    """``runs/<algo>-<env>-seed<seed>-<time>``; for seeds trained together
+    ``runs/<algo>-<env>-seeds<seeds>-<time>``."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     safe_env = re.sub(r"[^A-Za-z0-9_.-]+", "_", env)
-    return Path("runs") / f"{algo}-{safe_env}-seed{seed}-{stamp}"
+    which = f"seed{seed}" if isinstance(seed, int) else f"seeds{format_seeds(seed)}"
+    return Path("runs") / f"{algo}-{safe_env}-{which}-{stamp}"
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """``[0, 1, 2, 3, 4]`` -> ``"0-4"``, ``[0, 3, 7]`` -> ``"0,3,7"`` (what ``--seeds`` reads)."""
+    parts, ordered = [], sorted(seeds)
+    start = previous = ordered[0]
+    for seed in [*ordered[1:], None]:
+        if seed is not None and seed == previous + 1:
+            previous = seed
+            continue
+        parts.append(f"{start}-{previous}" if previous > start else str(start))
+        if seed is not None:
+            start = previous = seed
+    return ",".join(parts)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> ``[0, 1, 2, 3, 4]``; ``"0,3,7"``; ranges and single seeds can be mixed.
+
+    Raises:
+        UsageError: not such a list, a negative or repeated seed.
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise UsageError(f"--seeds expects seeds like 0-4 or 0,3,7, got {text!r}")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise UsageError(f"--seeds: the range {part.strip()!r} is empty")
+        seeds.extend(range(first, last + 1))
+    return _check_seeds(seeds)
+
+
+def _check_seeds(seeds: Any) -> list[int]:
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise UsageError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    checked = [_check_int("seed", seed, 0) for seed in seeds]
+    repeated = sorted({seed for seed in checked if checked.count(seed) > 1})
+    if repeated:
+        raise UsageError(f"seed {repeated[0]} is given twice")
+    return checked
 
 
 def train(
@@ -134,13 +185,15 @@ def train(
     *,
     steps: int | None = None,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     out: str | Path | None = None,
     preset: str = DEFAULT_PRESET,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
     progress: bool | None = None,
     resume: str | Path | None = None,
-) -> TrainResult:
+    wandb: bool = False,
+) -> TrainResult | GroupResult:
     """Train ``algo`` on ``env`` and write a run directory, or continue a run (mirrors
     ``diffmaxent train``).
 
@@ -151,31 +204,43 @@ def train(
         steps: env steps to train for (default 6000); with ``resume``, the new total (default:
             the run's own).
         seed: seeds the agent, the envs and the replay sampling.
-        out: run directory; default ``runs/<algo>-<env>-seed<seed>-<timestamp>``.
+        seeds: instead of ``seed``, several seeds trained together in one process (one jitted
+            update vmapped over a seed axis, one env and buffer per seed); ``out`` is then a
+            group directory holding an ordinary run directory ``seed<N>`` per seed, and a
+            :class:`GroupResult` is returned.
+        out: run directory; default ``runs/<algo>-<env>-seed<seed>-<timestamp>`` (with
+            ``seeds``: ``runs/<algo>-<env>-seeds<seeds>-<timestamp>``).
         preset: a preset name of ``algo`` (``diffmaxent presets ALGO`` lists them).
         overrides: hyperparameter values applied after the preset (numbers or strings).
         force: replace a run already in ``out`` (its own files only; other files are kept), once
             this run holds the directory's lock and its config is valid.
         progress: True for a progress bar, False for silence, None for a bar on a terminal and
             one line per evaluation otherwise.
-        resume: a run directory to continue from its newest intact checkpoint, with its own
-            settings (only ``steps`` may change); the rows it writes from the checkpoint on are
-            those the uninterrupted run would have written.
+        resume: a run or group directory to continue from its newest intact checkpoint (a group:
+            the newest step every seed holds), with its own settings (only ``steps`` may change);
+            the rows it writes from the checkpoint on are those the uninterrupted run would have
+            written.
+        wandb: also log every evaluation row to Weights & Biases (the ``[wandb]`` extra;
+            ``WANDB_MODE=offline`` writes the run under ``RUN_DIR/wandb`` without a network).
+            TensorBoard event files are always written into the run directory.
 
     Returns:
-        The run directory, the final evaluation and all metric rows.
+        The run directory, the final evaluation and all metric rows (with ``seeds``, or resuming
+        a group: the group directory and one such result per seed).
 
     Raises:
         UsageError: for any bad input (nothing is written then), a run directory in use by
             another process, or no intact checkpoint to resume from.
         TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint was written at the step.
-        TrainingDiverged: a NaN or Inf appeared; the last finite checkpoint is kept.
+        TrainingDiverged: a NaN or Inf appeared; the last finite checkpoint is kept (several
+            seeds: :class:`SeedsDiverged` once the others have finished).
     """
     if resume is not None:
-        if (algo, env, seed, preset, out, force) != (
+        if (algo, env, seed, seeds, preset, out, force) != (
             DEFAULT_ALGO,
             DEFAULT_ENV,
             0,
+            None,
             DEFAULT_PRESET,
             None,
             False,
@@ -183,32 +248,85 @@ def train(
             raise UsageError(
                 "--resume continues a run with its own settings; only --steps may be given"
             )
-        return _resume(Path(resume), steps, progress)
+        if wandb:
+            trackers.require_wandb()
+        return _resume(Path(resume), steps, progress, wandb)
+    if wandb:
+        trackers.require_wandb()
     steps = DEFAULT_STEPS if steps is None else steps
+    if seeds is not None:
+        seed_list = _check_seeds(seeds)
+        if seed != 0:
+            raise UsageError("give seed or seeds, not both")
     config = resolve_config(algo, env, steps=steps, seed=seed, preset=preset, overrides=overrides)
-    run_dir = Path(out) if out is not None else default_run_directory(algo, env, seed)
-    runs.check_output_directory(run_dir, force)
-    env_spec = _env_spec(config)
     spec = get_algo(algo)
-    agent = spec.make(config.agent, env_spec)
+    if seeds is None:
+        run_dir = Path(out) if out is not None else default_run_directory(algo, env, seed)
+        runs.check_output_directory(run_dir, force)
+        env_spec = _env_spec(config)
+        agent = spec.make(config.agent, env_spec)
+        with _holding([run_dir]):
+            # Checked again under the lock: a run may have finished there since the check above.
+            runs.check_output_directory(run_dir, force)
+            _start_run(run_dir, config, env_spec)
+            setup = RunSetup(config, env_spec, run_dir, progress, wandb=wandb)
+            return _run(spec, [setup], agent)[0]
 
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    group_dir = Path(out) if out is not None else default_run_directory(algo, env, seed_list)
+    members = [group_dir / runs.seed_run_name(seed) for seed in seed_list]
+    for directory in (group_dir, *members):
+        runs.check_output_directory(directory, force)
+    env_spec = _env_spec(config)
+    agent = spec.make(config.agent, env_spec)
+    with _holding([group_dir, *members]):
+        for directory in (group_dir, *members):
+            runs.check_output_directory(directory, force)
+        runs.remove_run(group_dir)
+        runs.write_group(
+            group_dir,
+            {"algo": algo, "env": env, "preset": preset, "steps": steps, "seeds": seed_list},
+        )
+        stop = StopRequest()
+        setups = []
+        for seed, member in zip(seed_list, members, strict=True):
+            member_config = dataclasses.replace(config, seed=seed)
+            _start_run(member, member_config, env_spec)
+            setups.append(
+                RunSetup(member_config, env_spec, member, progress, False, stop, group_dir, wandb)
+            )
+        return GroupResult(group_dir, _run(spec, setups, agent))
+
+
+def _start_run(run_dir: Path, config: ResolvedConfig, env_spec: EnvSpec) -> None:
+    """Replace a previous run's files by a new run's config and status (under its lock)."""
+    runs.remove_run(run_dir)
+    runs.write_json(run_dir / runs.CONFIG_FILE, config.to_json(env_spec))
+    runs.write_status(run_dir, "running", 0)
+
+
+@contextlib.contextmanager
+def _holding(directories: Sequence[Path]) -> Iterator[None]:
+    """Create the directories and hold their locks; if one is in use, release the others and
+    remove the ones created here (still empty but for their lock file)."""
+    created = [directory for directory in directories if not directory.exists()]
+    locks = []
     try:
-        lock = runs.RunLock(run_dir).acquire()
+        for directory in directories:
+            directory.mkdir(parents=True, exist_ok=True)
+            locks.append(runs.RunLock(directory).acquire())
     except UsageError:
-        if created:
-            run_dir.rmdir()
+        for lock in locks:
+            lock.release()
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                (directory / runs.LOCK_FILE).unlink(missing_ok=True)
+                directory.rmdir()
         raise
     try:
-        # Checked again under the lock: a run may have finished there since the check above.
-        runs.check_output_directory(run_dir, force)
-        runs.remove_run(run_dir)
-        runs.write_json(run_dir / runs.CONFIG_FILE, config.to_json(env_spec))
-        runs.write_status(run_dir, "running", 0)
-        return _run(spec, RunSetup(config, env_spec, run_dir, progress), agent)
+        yield
     finally:
-        lock.release()
+        for lock in reversed(locks):
+            lock.release()
 
 
 def _env_spec(config: ResolvedConfig) -> EnvSpec:
@@ -219,42 +337,106 @@ def _env_spec(config: ResolvedConfig) -> EnvSpec:
         probe.close()
 
 
-def _resume(run_dir: Path, steps: int | None, progress: bool | None) -> TrainResult:
+def _resume(
+    run_dir: Path, steps: int | None, progress: bool | None, wandb: bool
+) -> TrainResult | GroupResult:
+    if run_dir.is_dir() and runs.holds_group(run_dir):
+        return _resume_group(run_dir, steps, progress, wandb)
     if not run_dir.is_dir() or not runs.holds_run(run_dir):
         raise UsageError(f"cannot resume {str(run_dir)!r}: it is not a run directory")
-    with runs.RunLock(run_dir):
-        config, env_spec = run_config(run_dir)
-        done = config.steps
-        if steps is not None:
-            config = dataclasses.replace(config, steps=_check_int("steps", steps, 1))
-        try:
-            status = runs.read_json(run_dir / runs.STATUS_FILE)
-        except runs.DamagedFileError:
-            status = {}
-        if status.get("status") == "complete" and config.steps <= done:
-            raise UsageError(
-                f"run {str(run_dir)!r} is complete ({done} steps); pass --steps with a larger "
-                "total to train it longer"
-            )
+    with _holding([run_dir]):
+        config, env_spec = _resumed_config(run_dir, steps)
         spec = get_algo(config.algo)
         agent = spec.make(config.agent, env_spec)
-        setup = RunSetup(config, env_spec, run_dir, progress, resume=True)
-        return _run(spec, setup, agent)
+        setup = RunSetup(config, env_spec, run_dir, progress, resume=True, wandb=wandb)
+        return _run(spec, [setup], agent)[0]
 
 
-def _run(spec: AlgoSpec, setup: RunSetup, agent: Any) -> TrainResult:
-    """The loop, with SIGINT / SIGTERM turned into a checkpoint and a clean stop, and the run's
-    status recorded however it ends."""
+def _resume_group(
+    group_dir: Path, steps: int | None, progress: bool | None, wandb: bool
+) -> GroupResult:
+    """Resume every seed of a group from the newest step all of them hold, to ``steps`` (default:
+    the largest total among them, should one seed have been continued alone)."""
+    members = runs.group_runs(group_dir)
+    for member in members:
+        if not member.is_dir() or not runs.holds_run(member):
+            raise UsageError(f"cannot resume group {str(group_dir)!r}: {member.name} is not a run")
+    with _holding([group_dir, *members]):
+        recorded = [run_config(member) for member in members]
+        first_config, env_spec = recorded[0]
+
+        def settings(config: ResolvedConfig, spec: EnvSpec) -> dict[str, Any]:
+            return {**config.to_json(spec), "seed": None, "steps": None}
+
+        for member, (config, member_spec) in zip(members, recorded, strict=True):
+            if settings(config, member_spec) != settings(first_config, env_spec):
+                raise UsageError(
+                    f"cannot resume group {str(group_dir)!r}: {member.name} has other settings "
+                    f"than {members[0].name}"
+                )
+        done = [config.steps for config, _ in recorded]
+        total = _check_int("steps", steps, 1) if steps is not None else max(done)
+        if total <= min(done) and all(_is_complete(member) for member in members):
+            raise UsageError(
+                f"group {str(group_dir)!r} is complete ({min(done)} steps); pass --steps with a "
+                "larger total to train it longer"
+            )
+        spec = get_algo(first_config.algo)
+        agent = spec.make(first_config.agent, env_spec)
+        stop = StopRequest()
+        setups = [
+            RunSetup(
+                dataclasses.replace(config, steps=total),
+                env_spec,
+                member,
+                progress,
+                True,
+                stop,
+                group_dir,
+                wandb,
+            )
+            for member, (config, _) in zip(members, recorded, strict=True)
+        ]
+        return GroupResult(group_dir, _run(spec, setups, agent))
+
+
+def _is_complete(run_dir: Path) -> bool:
     try:
-        with stop_on_signals(setup.stop):
-            return spec.loop.run(setup, agent)
+        return runs.read_json(run_dir / runs.STATUS_FILE).get("status") == "complete"
+    except runs.DamagedFileError:
+        return False
+
+
+def _resumed_config(run_dir: Path, steps: int | None) -> tuple[ResolvedConfig, EnvSpec]:
+    """The run's config with ``steps`` as its new total; refuses a complete run that would not
+    train longer."""
+    config, env_spec = run_config(run_dir)
+    done = config.steps
+    if steps is not None:
+        config = dataclasses.replace(config, steps=_check_int("steps", steps, 1))
+    if _is_complete(run_dir) and config.steps <= done:
+        raise UsageError(
+            f"run {str(run_dir)!r} is complete ({done} steps); pass --steps with a larger "
+            "total to train it longer"
+        )
+    return config, env_spec
+
+
+def _run(spec: AlgoSpec, setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
+    """The loop, with SIGINT / SIGTERM turned into a checkpoint and a clean stop, and the runs'
+    status recorded however they end."""
+    try:
+        with stop_on_signals(setups[0].stop):
+            return spec.loop.run(setups, agent)
     except (TrainingStopped, UsageError):
-        raise  # the recorder wrote the status, or nothing was changed
+        raise  # the recorders wrote the status, or nothing was changed
     except KeyboardInterrupt:
-        _record_status(setup.run_dir, "interrupted", "a second signal stopped it at once")
+        for setup in setups:
+            _record_status(setup.run_dir, "interrupted", "a second signal stopped it at once")
         raise
     except BaseException as error:
-        _record_status(setup.run_dir, "failed", f"{type(error).__name__}: {error}")
+        for setup in setups:
+            _record_status(setup.run_dir, "failed", f"{type(error).__name__}: {error}")
         raise
 
 

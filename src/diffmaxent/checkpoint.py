@@ -120,12 +120,20 @@ def restore(directory: Path, template: Any) -> Any:
         if name not in data:
             raise DamagedCheckpoint(f"{STATE_FILE} does not match this agent: no {name}")
         array = data[name]
-        if array.shape != np.shape(leaf):
+        shape, dtype = _shape_and_dtype(leaf)
+        if array.shape != shape:
             raise DamagedCheckpoint(
-                f"{STATE_FILE}: {name} has shape {array.shape}, expected {np.shape(leaf)}"
+                f"{STATE_FILE}: {name} has shape {array.shape}, expected {shape}"
             )
-        leaves.append(jax.numpy.asarray(array, dtype=jax.numpy.asarray(leaf).dtype))
+        leaves.append(jax.numpy.asarray(array, dtype=dtype))
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], Any]:
+    """Of an array, or of a ``jax.ShapeDtypeStruct`` (a template from ``jax.eval_shape``)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return tuple(leaf.shape), leaf.dtype
+    return np.shape(leaf), jax.numpy.asarray(leaf).dtype
 
 
 def read_loop_arrays(directory: Path) -> dict[str, np.ndarray]:
@@ -173,9 +181,13 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
 
 
 def newest_intact(
-    checkpoints: Path, read: Callable[[Path], T], run_dir: Path | None = None
+    checkpoints: Path,
+    read: Callable[[Path], T],
+    run_dir: Path | None = None,
+    at_most: int | None = None,
 ) -> tuple[Path, T]:
-    """The newest checkpoint that ``read`` accepts, and what it returned.
+    """The newest checkpoint (at step ``at_most`` or before, if given) that ``read`` accepts,
+    and what it returned.
 
     ``read(directory)`` raises :class:`DamagedCheckpoint` for a checkpoint it cannot use; each
     one skipped is reported by a one-line :class:`DamagedFileWarning`.
@@ -185,6 +197,12 @@ def newest_intact(
     """
     where = str(run_dir if run_dir is not None else checkpoints)
     found = list_checkpoints(checkpoints)
+    if at_most is not None:
+        found = [directory for directory in found if step_of(directory) <= at_most]
+        if not found:
+            raise UsageError(
+                f"run directory {where!r} holds no checkpoint at step {at_most} or before"
+            )
     if not found:
         raise UsageError(f"run directory {where!r} holds no checkpoint")
     damaged: list[str] = []

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from diffmaxent import api
+from diffmaxent import api, results, runs
 from diffmaxent.bench import run_bench
 from diffmaxent.config import parse_assignments
 from diffmaxent.errors import (
@@ -26,7 +27,7 @@ from diffmaxent.errors import (
     TrainingInterrupted,
     UsageError,
 )
-from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, evaluate
+from diffmaxent.loops.bookkeeping import EVAL_SEED_OFFSET, GroupResult, TrainResult, evaluate
 from diffmaxent.registry import ALGOS, get_algo
 from diffmaxent.video import record_video
 
@@ -58,11 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_int("--steps"),
         help=f"env steps (default {api.DEFAULT_STEPS}; with --resume: a new total)",
     )
+    train.add_argument("--seed", default=None, type=_int("--seed"), help="random seed (default 0)")
     train.add_argument(
-        "--seed", default=0, type=_int("--seed"), help="random seed (default %(default)s)"
+        "--seeds",
+        default=None,
+        metavar="LIST",
+        help="train several seeds together in one process, e.g. 0-4 or 0,3,7; --out is then a "
+        "group directory with a run directory seed<N> per seed (default: one seed, --seed)",
     )
     train.add_argument(
-        "--out", default=None, help="run directory (default runs/<algo>-<env>-seed<seed>-<time>)"
+        "--out",
+        default=None,
+        help="run directory (default runs/<algo>-<env>-seed<seed>-<time>; with --seeds "
+        "runs/<algo>-<env>-seeds<LIST>-<time>)",
     )
     train.add_argument(
         "--preset",
@@ -88,6 +97,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue a run from its newest intact checkpoint, with --steps to a new total "
         "(default: start a new run)",
+    )
+    train.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (pip install 'diffmaxent[wandb]'; WANDB_MODE=offline "
+        "works without a network) (default: TensorBoard event files only)",
     )
     train.add_argument(
         "--quiet",
@@ -160,6 +175,51 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="show the values each preset sets on this env id (default: on any env)",
     )
+
+    plot = commands.add_parser(
+        "plot", help="learning curves of runs, groups and sweeps: IQM across seeds, 95%% CI"
+    )
+    plot.add_argument("paths", nargs="+", metavar="RUN_OR_GROUP", help="run, group or sweep dirs")
+    plot.add_argument(
+        "--out", required=True, help="figure file, .png, .pdf or .svg (required: no default)"
+    )
+    plot.add_argument(
+        "--x",
+        default="steps",
+        choices=("steps", "time"),
+        help="x axis: env steps, or wall time (the runs' mean at each step) (default %(default)s)",
+    )
+    plot.add_argument(
+        "--trajectories",
+        action="store_true",
+        help="instead of curves, each MultiGoal-v0 run's sampled trajectories side by side "
+        "(default: curves)",
+    )
+    plot.add_argument(
+        "--reps",
+        default=2_000,
+        type=_int("--reps"),
+        help="bootstrap resamples (default %(default)s)",
+    )
+
+    compare = commands.add_parser(
+        "compare", help="final return per env and algorithm: IQM with 95%% CI, mean ± std"
+    )
+    compare.add_argument(
+        "paths", nargs="+", metavar="RUN_OR_GROUP", help="run, group or sweep directories"
+    )
+    compare.add_argument(
+        "--format",
+        default="markdown",
+        choices=("markdown", "csv"),
+        help="markdown (a table per env) or csv (default %(default)s)",
+    )
+    compare.add_argument(
+        "--reps",
+        default=2_000,
+        type=_int("--reps"),
+        help="bootstrap resamples (default %(default)s)",
+    )
     return parser
 
 
@@ -178,24 +238,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
     overrides = parse_assignments(args.assignments)
+    if args.seed is not None and args.seeds is not None:
+        raise UsageError("give --seed or --seeds, not both")
+    seeds = api.parse_seeds(args.seeds) if args.seeds is not None else None
     result = api.train(
         args.algo,
         args.env,
         steps=args.steps,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else 0,
+        seeds=seeds,
         out=args.out,
         preset=args.preset,
         overrides=overrides,
         force=args.force,
         progress=False if args.quiet else None,
         resume=args.resume,
+        wandb=args.wandb,
     )
-    print(
+    if isinstance(result, GroupResult):
+        for run in result.runs:
+            seed = runs.read_json(run.run_dir / runs.CONFIG_FILE)["seed"]
+            print(f"seed {seed}: {_final_line(run)}")
+        means = result.eval_return_means
+        print(
+            f"{len(means)} seeds: final evaluation return mean {np.mean(means):.2f} "
+            f"(min {min(means):.2f}, max {max(means):.2f}); group directory {result.group_dir}"
+        )
+    else:
+        print(_final_line(result))
+    return 0
+
+
+def _final_line(result: TrainResult) -> str:
+    return (
         f"final evaluation return {result.eval_return_mean:.2f} ± {result.eval_return_std:.2f}; "
         + (f"{result.headline}; " if result.headline else "")
         + f"run directory {result.run_dir}"
     )
-    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -263,6 +342,26 @@ def _setting(value) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    if args.reps < 1:
+        raise UsageError(f"--reps must be a positive integer, got {args.reps}")
+    records = results.find_runs(args.paths)
+    if args.trajectories:
+        results.plot_trajectories(records, Path(args.out))
+    else:
+        results.plot_curves(results.curves(records, args.x, args.reps), Path(args.out), args.x)
+    print(f"{len(records)} runs; figure {args.out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.reps < 1:
+        raise UsageError(f"--reps must be a positive integer, got {args.reps}")
+    table = results.compare(results.find_runs(args.paths), args.reps)
+    sys.stdout.write(results.format_comparison(table, args.format))
+    return 0
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -339,6 +438,8 @@ def _main(argv: Sequence[str] | None) -> int:
             "bench": _cmd_bench,
             "algos": _cmd_algos,
             "presets": _cmd_presets,
+            "plot": _cmd_plot,
+            "compare": _cmd_compare,
         }[args.command]
         return handler(args)
     except UsageError as error:

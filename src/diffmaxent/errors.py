@@ -50,13 +50,14 @@ class TrainingStopped(Exception):
 
 
 class TrainingInterrupted(TrainingStopped):
-    """SIGINT or SIGTERM: the run finished its current step and wrote a checkpoint at it."""
+    """SIGINT or SIGTERM: the run finished its current step and wrote a checkpoint at it (seeds
+    trained together: each seed's run wrote one, and ``checkpoint`` is None)."""
 
-    def __init__(self, signum: int, run_dir: Path, env_step: int, checkpoint: Path):
+    def __init__(self, signum: int, run_dir: Path, env_step: int, checkpoint: Path | None):
         name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "a checkpoint per seed"
         super().__init__(
-            f"{name} at step {env_step}: checkpoint {checkpoint}; resume with: "
-            f"diffmaxent train --resume {run_dir}",
+            f"{name} at step {env_step}: {where}; resume with: diffmaxent train --resume {run_dir}",
             run_dir,
             env_step,
             checkpoint,
@@ -80,3 +81,21 @@ class TrainingDiverged(TrainingStopped):
             f"non-finite {what} at step {env_step}; {last}", run_dir, env_step, checkpoint
         )
         self.what = what
+
+
+class SeedsDiverged(TrainingDiverged):
+    """Seeds trained together: some of them diverged (each one's run directory says where); the
+    others ran to the end."""
+
+    def __init__(self, diverged: dict[int, TrainingDiverged], group_dir: Path, completed: int):
+        seed, first = next(iter(diverged.items()))
+        TrainingStopped.__init__(
+            self,
+            f"{len(diverged)} of {len(diverged) + completed} seeds diverged (seed {seed}: "
+            f"{first}); " + ("the other seeds completed" if completed else "none completed"),
+            group_dir,
+            first.env_step,
+            None,
+        )
+        self.what = first.what
+        self.diverged = diverged

@@ -33,6 +33,10 @@ CURVE_FILE = "curve.png"
 SUMMARY_FILE = "summary.json"
 STATUS_FILE = "status.json"
 LOCK_FILE = ".lock"
+GROUP_FILE = "group.json"  # in a directory of several seeds trained together
+EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard event files (one per training process)
+WANDB_DIR = "wandb"
+WANDB_ID_FILE = "wandb-id.txt"
 # Everything a run writes; --force removes exactly these and leaves other files alone.
 RUN_ARTIFACTS = (
     CONFIG_FILE,
@@ -43,6 +47,9 @@ RUN_ARTIFACTS = (
     SUMMARY_FILE,
     STATUS_FILE,
     "trajectories.png",
+    GROUP_FILE,
+    WANDB_DIR,
+    WANDB_ID_FILE,
 )
 STATUSES = ("running", "complete", "interrupted", "diverged", "failed")
 
@@ -121,8 +128,51 @@ def error_reason(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _artifacts(directory: Path) -> list[Path]:
+    """The run's own files that exist in ``directory``."""
+    directory = Path(directory)
+    found = [directory / name for name in RUN_ARTIFACTS if (directory / name).exists()]
+    if directory.is_dir():
+        found += sorted(directory.glob(EVENTS_PREFIX + "*"))
+    return found
+
+
 def holds_run(directory: Path) -> bool:
-    return any((Path(directory) / name).exists() for name in RUN_ARTIFACTS)
+    return bool(_artifacts(directory))
+
+
+def seed_run_name(seed: int) -> str:
+    """The name of a seed's run directory inside a group directory."""
+    return f"seed{seed}"
+
+
+def write_group(group_dir: Path, data: dict[str, Any]) -> None:
+    """``group.json`` of a group directory: its algo, env, preset and ``seeds``."""
+    write_json(Path(group_dir) / GROUP_FILE, data)
+
+
+def group_runs(group_dir: Path) -> list[Path]:
+    """The seeds' run directories of a group directory, in the order of its ``seeds``.
+
+    Raises:
+        DamagedFileError: ``group.json`` is unreadable or does not list seeds.
+    """
+    path = Path(group_dir) / GROUP_FILE
+    data = read_json(path)
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)
+        or min(seeds) < 0
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise DamagedFileError(f"{path} does not list the group's seeds")
+    return [Path(group_dir) / seed_run_name(seed) for seed in seeds]
+
+
+def holds_group(directory: Path) -> bool:
+    return (Path(directory) / GROUP_FILE).exists()
 
 
 def check_output_directory(directory: Path, force: bool) -> None:
@@ -139,11 +189,10 @@ def check_output_directory(directory: Path, force: bool) -> None:
 
 def remove_run(directory: Path) -> None:
     """Remove a previous run's own files (call only while holding the directory's lock)."""
-    for name in RUN_ARTIFACTS:
-        path = Path(directory) / name
+    for path in _artifacts(directory):
         if path.is_dir():
             shutil.rmtree(path)
-        elif path.exists():
+        else:
             path.unlink()
 
 

@@ -25,20 +25,21 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from diffmaxent import checkpoint, runs
+from diffmaxent import checkpoint, runs, trackers
 from diffmaxent.config import hp, to_json_dict
 from diffmaxent.envs import env_report
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
 from diffmaxent.envs.snapshot import EnvStateUnsupported, capture_env_state, restore_env_state
 from diffmaxent.errors import (
     InexactResumeWarning,
+    SeedsDiverged,
     TrainingDiverged,
     TrainingInterrupted,
     UsageError,
@@ -108,8 +109,9 @@ class StopRequest:
 class RunSetup:
     """What a loop is given besides the agent: the config, the env's description, where to write,
     how to show progress (True: a bar, False: silence, None: a bar on a terminal and one line per
-    evaluation otherwise), whether to resume from the run's newest intact checkpoint, and the
-    stop request the signal handlers set."""
+    evaluation otherwise), whether to resume from the run's newest intact checkpoint, the
+    stop request the signal handlers set, and, for one of several seeds trained together, their
+    group directory."""
 
     config: ResolvedConfig
     env_spec: EnvSpec
@@ -117,6 +119,8 @@ class RunSetup:
     progress: bool | None
     resume: bool = False
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
+    group_dir: Path | None = None
+    wandb: bool = False  # also log to Weights & Biases
 
 
 @dataclasses.dataclass
@@ -139,6 +143,18 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     summary: dict[str, Any]
     headline: str = ""  # the env's few words on the final evaluation (MultiGoal: goals reached)
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """Several seeds trained together: their group directory and each seed's result."""
+
+    group_dir: Path
+    runs: list[TrainResult]
+
+    @property
+    def eval_return_means(self) -> list[float]:
+        return [run.eval_return_mean for run in self.runs]
 
 
 @dataclasses.dataclass
@@ -249,10 +265,10 @@ def fresh_seed(seed: int, env_step: int) -> int:
 def find_resume_point(
     setup: RunSetup,
     template: Any,
-    check: Callable[[Path, int], Any] | None = None,
+    check: Callable[[RunSetup, int], Any] | None = None,
 ) -> ResumePoint:
     """The newest checkpoint of the run that can be resumed: its meta, agent state (shaped like
-    ``template``) and loop arrays read back intact, and ``check(directory, env_step)`` (the loop's
+    ``template``) and loop arrays read back intact, and ``check(setup, env_step)`` (the loop's
     own, e.g. the replay rows) passed. Damaged checkpoints are skipped with a one-line warning;
     newer ones and half-written temporaries are then removed, and ``config.json`` (with the
     resumed run's total steps) and ``status.json`` are written: nothing in the run directory
@@ -261,30 +277,62 @@ def find_resume_point(
     Raises:
         UsageError: no checkpoint can be resumed.
     """
+    return find_resume_points([setup], template, check)[0]
 
+
+def find_resume_points(
+    setups: Sequence[RunSetup],
+    template: Any,
+    check: Callable[[RunSetup, int], Any] | None = None,
+) -> list[ResumePoint]:
+    """:func:`find_resume_point` for the seeds of a run trained together: the newest step at
+    which every seed holds an intact checkpoint (a kill can leave seeds a checkpoint apart).
+    Nothing is removed or written until that step is found for all of them."""
+    at_most: int | None = None
+    while True:
+        points = [_newest_resume_point(setup, template, check, at_most) for setup in setups]
+        steps = {point.env_step for point in points}
+        if len(steps) == 1:
+            break
+        at_most = min(steps)
+    for setup, point in zip(setups, points, strict=True):
+        _resume_from(setup, point)
+    return points
+
+
+def _newest_resume_point(
+    setup: RunSetup,
+    template: Any,
+    check: Callable[[RunSetup, int], Any] | None,
+    at_most: int | None,
+) -> ResumePoint:
     def read(directory: Path) -> ResumePoint:
         meta = checkpoint.read_meta(directory)
         if meta.get("format") != checkpoint.FORMAT or not isinstance(meta.get("loop"), dict):
             raise checkpoint.DamagedCheckpoint("it was written without the state to resume from")
         state = checkpoint.restore(directory, template)
         arrays = checkpoint.read_loop_arrays(directory)
-        extra = check(directory, meta["env_step"]) if check is not None else None
+        extra = check(setup, meta["env_step"]) if check is not None else None
         return ResumePoint(directory, meta["env_step"], state, arrays, meta["loop"], extra)
 
     checkpoints = setup.run_dir / runs.CHECKPOINT_DIR
-    _, point = checkpoint.newest_intact(checkpoints, read, setup.run_dir)
+    _, point = checkpoint.newest_intact(checkpoints, read, setup.run_dir, at_most)
     if point.env_step > setup.config.steps:
         raise UsageError(
             f"the newest intact checkpoint of {str(setup.run_dir)!r} is at step "
             f"{point.env_step}, beyond --steps {setup.config.steps}"
         )
+    return point
+
+
+def _resume_from(setup: RunSetup, point: ResumePoint) -> None:
+    checkpoints = setup.run_dir / runs.CHECKPOINT_DIR
     for newer in checkpoint.list_checkpoints(checkpoints):
         if checkpoint.step_of(newer) > point.env_step:
             checkpoint.remove(newer)
     checkpoint.remove_temporaries(checkpoints)
     runs.write_json(setup.run_dir / runs.CONFIG_FILE, setup.config.to_json(setup.env_spec))
     runs.write_status(setup.run_dir, "running", point.env_step, checkpoint=str(point.directory))
-    return point
 
 
 # --- the recorder --------------------------------------------------------------------------------
@@ -309,16 +357,25 @@ class Progress:
             self.bar.update(steps)
 
     def report(
-        self, step: int, total: int, eval_mean: float, steps_per_s: float, headline: str = ""
+        self,
+        step: int,
+        total: int,
+        eval_mean: float,
+        steps_per_s: float,
+        headline: str = "",
+        label: str = "",
     ) -> None:
-        """Show an evaluation; ``headline`` is the env's own summary (MultiGoal's goals)."""
+        """Show an evaluation; ``headline`` is the env's own summary (MultiGoal's goals),
+        ``label`` names the seed when several train together."""
         if self.bar is not None:
             extra = {"eval": headline} if headline else {}
-            self.bar.set_postfix(eval_return=f"{eval_mean:.1f}", **extra, refresh=False)
+            seed = {"seed": label} if label else {}
+            self.bar.set_postfix(**seed, eval_return=f"{eval_mean:.1f}", **extra, refresh=False)
         elif not self.quiet:
             remaining = (total - step) / max(steps_per_s, 1e-9)
             print(
-                f"step {step}/{total}  eval_return {eval_mean:.1f}  "
+                (f"seed {label}  " if label else "")
+                + f"step {step}/{total}  eval_return {eval_mean:.1f}  "
                 + (f"{headline}  " if headline else "")
                 + f"{steps_per_s:.0f} steps/s  "
                 f"ETA {datetime.timedelta(seconds=int(remaining))}",
@@ -335,7 +392,8 @@ class RunRecorder:
     """Fills the run directory for a loop (see the module docstring).
 
     It owns the evaluation env (seeded ``seed + EVAL_SEED_OFFSET``, or restored from ``resume``),
-    ``metrics.csv``, the checkpoints, ``status.json`` and the progress display.
+    ``metrics.csv``, the checkpoints and ``status.json``; it reports evaluations on ``bar``
+    (``label`` names the seed when several train together).
     """
 
     def __init__(
@@ -343,7 +401,9 @@ class RunRecorder:
         setup: RunSetup,
         metric_names: list[str],
         total_steps: int,
+        bar: Progress,
         resume: ResumePoint | None = None,
+        label: str = "",
     ) -> None:
         config = setup.config
         self.config = config
@@ -368,7 +428,6 @@ class RunRecorder:
         wall_seconds = 0.0
         self.last_checkpoint: Path | None = None
         self.last_checkpoint_step = -1
-        initial = 0
         if resume is not None:
             recorded = resume.info["recorder"]
             rows = [decode_floats(row) for row in recorded["rows"]]
@@ -378,10 +437,21 @@ class RunRecorder:
             ):
                 self.eval_env = config.make_env(fresh_seed(config.seed + EVAL_SEED_OFFSET, 0))
             self.last_checkpoint, self.last_checkpoint_step = resume.directory, resume.env_step
-            initial = resume.env_step
         self.log = runs.MetricsLog(self.run_dir / runs.METRICS_FILE, columns, rows)
+        self.report_names = report_names
+        self.trackers: list[Any] = []
+        resumed_at = resume.env_step if resume is not None else None
+        self.trackers.append(trackers.TensorBoard(self.run_dir, resumed_at))
+        if setup.wandb:
+            group = setup.group_dir.name if setup.group_dir is not None else None
+            self.trackers.append(
+                trackers.WandbRun(
+                    self.run_dir, config.to_json(setup.env_spec), group, resume is not None
+                )
+            )
         self.total_steps = total_steps
-        self.bar = Progress(total_steps, setup.progress, f"{config.algo} {config.env}", initial)
+        self.bar = bar
+        self.label = label
         last = rows[-1] if rows else {}
         self.eval_mean = _float(last.get("eval_return_mean"))
         self.eval_std = _float(last.get("eval_return_std"))
@@ -402,19 +472,14 @@ class RunRecorder:
                 self.log.append({**row, "updates": updates, **metrics})
                 self._diverged(f"{name} ({value})", env_step)
 
-    def stop_if_requested(self, state: Any, env_step: int, snapshot: Snapshot) -> None:
-        """After a step: if SIGINT or SIGTERM arrived, write a checkpoint at this step (unless the
-        step's evaluation point just did), record ``interrupted`` and raise
-        :class:`TrainingInterrupted`."""
-        signum = self.setup.stop.signum
-        if signum is None:
-            return
+    def interrupt(self, state: Any, env_step: int, snapshot: Snapshot) -> None:
+        """SIGINT or SIGTERM arrived after this step: write a checkpoint at it (unless the step's
+        evaluation point just did) and record ``interrupted``."""
         if self.last_checkpoint_step != env_step:
             self.checkpoint(state, env_step, snapshot)
         runs.write_status(
             self.run_dir, "interrupted", env_step, checkpoint=str(self.last_checkpoint)
         )
-        raise TrainingInterrupted(signum, self.run_dir, env_step, self.last_checkpoint)
 
     # --- at an evaluation point ---
 
@@ -456,12 +521,16 @@ class RunRecorder:
             f"{self.config.algo} on {self.config.env}",
         )
         elapsed = self.wall_seconds
+        values = trackers.scalars(row, self.report_names, env_step / max(elapsed, 1e-9))
+        for tracker in self.trackers:
+            tracker.write(env_step, values)
         self.bar.report(
             env_step,
             self.total_steps,
             self.eval_mean,
             env_step / max(elapsed, 1e-9),
             self.headline(row),
+            self.label,
         )
 
     def headline(self, row: Mapping[str, Any]) -> str:
@@ -540,8 +609,132 @@ class RunRecorder:
         )
 
     def close(self) -> None:
-        self.bar.close()
+        for tracker in self.trackers:
+            tracker.close()
         self.eval_env.close()
+
+
+class SeedRecorders:
+    """The recorders of the seeds a loop trains together (one, for a single run), with one
+    progress display and one stop request.
+
+    A seed whose update, evaluation or parameters turn non-finite stops as a diverged run (its
+    directory says so, as a single run's would) while the others go on; the loop keeps computing
+    it on the seed axis but nothing of it is recorded any more. When no seed is left, or at the
+    end when some diverged, the divergence is raised (one seed: its own
+    :class:`TrainingDiverged`, unchanged).
+    """
+
+    def __init__(
+        self,
+        setups: Sequence[RunSetup],
+        metric_names: list[str],
+        total_steps: int,
+        resumes: Sequence[ResumePoint] | None,
+        member: Callable[[Any, int], Any] = lambda packed, index: packed,
+    ) -> None:
+        first = setups[0]
+        self.member = member  # seed index's part of a packed state or key
+        config = first.config
+        self.setups = list(setups)
+        self.many = len(setups) > 1
+        seeds = [setup.config.seed for setup in setups]
+        description = f"{config.algo} {config.env}" + (
+            f" seeds {','.join(map(str, seeds))}" if self.many else ""
+        )
+        initial = resumes[0].env_step if resumes else 0
+        self.bar = Progress(total_steps, first.progress, description, initial)
+        self.stop = first.stop
+        self.recorders: list[RunRecorder] = []
+        self.diverged: dict[int, TrainingDiverged] = {}
+        try:
+            for index, setup in enumerate(setups):
+                self.recorders.append(
+                    RunRecorder(
+                        setup,
+                        metric_names,
+                        total_steps,
+                        self.bar,
+                        resumes[index] if resumes else None,
+                        str(setup.config.seed) if self.many else "",
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.recorders)
+
+    def active(self, index: int) -> bool:
+        """Whether seed ``index`` is still recorded (it has not diverged)."""
+        return index not in self.diverged
+
+    def _guarded(self, index: int, method: Callable[..., Any], *args: Any) -> Any:
+        if not self.active(index):
+            return None
+        try:
+            return method(*args)
+        except TrainingDiverged as error:
+            self.diverged[index] = error
+            if len(self.diverged) == len(self.recorders):
+                raise self._divergence() from None
+            return None
+
+    def _divergence(self) -> TrainingDiverged:
+        if not self.many:
+            return self.diverged[0]
+        by_seed = {
+            self.setups[index].config.seed: error for index, error in sorted(self.diverged.items())
+        }
+        group_dir = self.setups[0].group_dir or self.setups[0].run_dir.parent
+        return SeedsDiverged(by_seed, group_dir, len(self.recorders) - len(self.diverged))
+
+    def check_updates(
+        self, env_step: int, updates: Sequence[int], metrics: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """:meth:`RunRecorder.check_update` for every seed."""
+        for index, recorder in enumerate(self.recorders):
+            self._guarded(index, recorder.check_update, env_step, updates[index], metrics[index])
+
+    def evaluation_point(self, index: int, *args: Any) -> None:
+        """:meth:`RunRecorder.evaluation_point` of seed ``index``."""
+        self._guarded(index, self.recorders[index].evaluation_point, *args)
+
+    def stop_if_requested(self, state: Any, env_step: int, snapshots: Sequence[Snapshot]) -> None:
+        """After a step: if SIGINT or SIGTERM arrived, every seed writes a checkpoint at this
+        step and records ``interrupted``, then :class:`TrainingInterrupted` is raised."""
+        signum = self.stop.signum
+        if signum is None:
+            return
+        for index, recorder in enumerate(self.recorders):
+            member_state = self.member(state, index)
+            self._guarded(index, recorder.interrupt, member_state, env_step, snapshots[index])
+        if self.many:
+            group_dir = self.setups[0].group_dir or self.setups[0].run_dir.parent
+            raise TrainingInterrupted(signum, group_dir, env_step, None)
+        recorder = self.recorders[0]
+        raise TrainingInterrupted(signum, recorder.run_dir, env_step, recorder.last_checkpoint)
+
+    def oldest_kept_step(self, index: int) -> int:
+        return self.recorders[index].oldest_kept_step()
+
+    def finish(self, agent: Any, state: Any, keys: jax.Array, env_step: int) -> list[TrainResult]:
+        """:meth:`RunRecorder.finish` for every seed that did not diverge; then the divergence
+        of the others, if any, is raised."""
+        results = []
+        for index, recorder in enumerate(self.recorders):
+            if self.active(index):
+                member_state, key = self.member(state, index), self.member(keys, index)
+                results.append(recorder.finish(agent, member_state, key, env_step))
+        if self.diverged:
+            raise self._divergence()
+        return results
+
+    def close(self) -> None:
+        self.bar.close()
+        for recorder in self.recorders:
+            recorder.close()
 
 
 def _float(value: Any) -> float:

@@ -12,6 +12,7 @@ checkpoint needs are deleted.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -31,18 +32,20 @@ from diffmaxent.config import hp
 from diffmaxent.envs.snapshot import generator_from_state, generator_state
 from diffmaxent.loops.bookkeeping import (
     EvaluationSchedule,
-    RunRecorder,
     RunSetup,
+    SeedRecorders,
+    Snapshot,
     TrainResult,
     capture_env,
     decode_floats,
     encode_floats,
-    find_resume_point,
+    find_resume_points,
     fresh_seed,
     key_array,
     key_from_array,
     restore_env,
 )
+from diffmaxent.loops.seeds import SeedAxis
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -57,126 +60,173 @@ class ReplayLoopConfig(EvaluationSchedule):
 
 @dataclasses.dataclass
 class ReplayState:
-    """Everything the loop's future depends on besides the agent, the buffer and the envs."""
+    """Everything one seed's future depends on besides the agent, the buffer and the envs (its
+    JAX key is carried on the loop's seed axis)."""
 
     env_step: int  # env steps taken (= transitions ever stored)
     obs: np.ndarray  # [obs_dim], the observation to act on next
     episode_return: float  # of the episode in progress
     last_episode_return: float | None  # of the last finished one; None before the first
     updates: int
-    key: jax.Array
     rng: np.random.Generator  # warm-up actions and replay sampling
     metrics: dict[str, float]  # of the last update
     rows_saved: int  # transitions already written to the replay directory
 
 
-def run(setup: RunSetup, agent: Agent) -> TrainResult:
-    """Train ``agent`` up to ``setup.config.steps`` env steps and fill the run directory."""
-    config = setup.config
+def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
+    """Train ``agent`` up to ``config.steps`` env steps for each seed's setup (one, or several
+    trained together on a seed axis) and fill their run directories."""
+    config = setups[0].config
     loop = config.loop
-    env_spec = setup.env_spec
-    replay_dir = setup.run_dir / runs.REPLAY_DIR
-    env = config.make_env(config.seed)
-    key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = agent.init(init_key)
+    env_spec = setups[0].env_spec
+    seeds = SeedAxis(agent, len(setups))
+    keys, state = seeds.start([setup.config.seed for setup in setups])
+    any_key = jax.random.PRNGKey(0)
+    template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints
     example = zeros_batch(
         env_spec.obs_dim, env_spec.action_dim, loop.batch_size, loop.updates_per_step
     )
-    metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
+    metric_names = sorted(jax.eval_shape(agent.update, template, example, any_key)[1])
 
-    def restore_buffer(directory: Any, env_step: int) -> ReplayBuffer:
+    def restore_buffer(setup: RunSetup, env_step: int) -> ReplayBuffer:
         try:
             return ReplayBuffer.restore(
-                replay_dir, loop.buffer_size, env_spec.obs_dim, env_spec.action_dim, env_step
+                setup.run_dir / runs.REPLAY_DIR,
+                loop.buffer_size,
+                env_spec.obs_dim,
+                env_spec.action_dim,
+                env_step,
             )
         except ReplayDataError as error:
             raise DamagedCheckpoint(f"its replay rows are damaged ({error})") from None
 
-    resume = find_resume_point(setup, state, restore_buffer) if setup.resume else None
-    recorder = RunRecorder(setup, metric_names, config.steps, resume)
+    resumes = find_resume_points(setups, template, restore_buffer) if setups[0].resume else None
+    envs: list[Any] = []
+    recorders = SeedRecorders(setups, metric_names, config.steps, resumes, seeds.member)
     try:
-        if resume is None:
-            buffer = ReplayBuffer(loop.buffer_size, env_spec.obs_dim, env_spec.action_dim)
-            obs, _ = env.reset()
-            progress = ReplayState(
-                0, obs, 0.0, None, 0, key, np.random.default_rng(config.seed), {}, 0
-            )
-        else:
-            state, buffer, info = resume.state, resume.extra, resume.info
-            discard_rows_after(replay_dir, resume.env_step)
-            progress = ReplayState(
+        buffers, lanes = [], []
+        for index, setup in enumerate(setups):
+            seed = setup.config.seed
+            env = config.make_env(seed)
+            envs.append(env)
+            if resumes is None:
+                buffers.append(
+                    ReplayBuffer(loop.buffer_size, env_spec.obs_dim, env_spec.action_dim)
+                )
+                obs, _ = env.reset()
+                lanes.append(ReplayState(0, obs, 0.0, None, 0, np.random.default_rng(seed), {}, 0))
+                continue
+            resume = resumes[index]
+            info = resume.info
+            buffers.append(resume.extra)
+            discard_rows_after(setup.run_dir / runs.REPLAY_DIR, resume.env_step)
+            lane = ReplayState(
                 env_step=resume.env_step,
                 obs=resume.arrays["obs"],
                 episode_return=info["episode_return"],
                 last_episode_return=info["last_episode_return"],
                 updates=info["updates"],
-                key=key_from_array(resume.arrays["key"]),
                 rng=generator_from_state(info["rng"]),
                 metrics=decode_floats(info["metrics"]),
                 rows_saved=resume.env_step,
             )
             if not restore_env(env, "env/", resume.arrays, info["env"], "training env"):
-                env = config.make_env(fresh_seed(config.seed, resume.env_step))
-                progress.obs, progress.episode_return = env.reset()[0], 0.0
+                envs[index] = env = config.make_env(fresh_seed(seed, resume.env_step))
+                lane.obs, lane.episode_return = env.reset()[0], 0.0
+            lanes.append(lane)
+        if resumes is not None:
+            state = seeds.stack([resume.state for resume in resumes])
+            keys = seeds.stack([key_from_array(resume.arrays["key"]) for resume in resumes])
 
-        def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            buffer.save_rows(replay_dir, progress.rows_saved)
-            progress.rows_saved = buffer.inserted
-            arrays = {"key": key_array(progress.key), "obs": np.asarray(progress.obs)}
-            info = {
-                "episode_return": progress.episode_return,
-                "last_episode_return": progress.last_episode_return,
-                "updates": progress.updates,
-                "rng": generator_state(progress.rng),
-                "metrics": encode_floats(progress.metrics),
-                "env": capture_env(env, "env/", arrays),
-            }
-            return arrays, info
+        def snapshot_of(index: int) -> Snapshot:
+            def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                lane, buffer = lanes[index], buffers[index]
+                buffer.save_rows(setups[index].run_dir / runs.REPLAY_DIR, lane.rows_saved)
+                lane.rows_saved = buffer.inserted
+                arrays = {
+                    "key": key_array(seeds.member(keys, index)),
+                    "obs": np.asarray(lane.obs),
+                }
+                info = {
+                    "episode_return": lane.episode_return,
+                    "last_episode_return": lane.last_episode_return,
+                    "updates": lane.updates,
+                    "rng": generator_state(lane.rng),
+                    "metrics": encode_floats(lane.metrics),
+                    "env": capture_env(envs[index], "env/", arrays),
+                }
+                return arrays, info
 
-        for step in range(progress.env_step + 1, config.steps + 1):
-            _step(agent, state, env, buffer, progress, loop, env_spec.action_dim)
+            return snapshot
+
+        snapshots = [snapshot_of(index) for index in range(len(setups))]
+        for step in range(lanes[0].env_step + 1, config.steps + 1):
+            if step <= loop.learning_starts:
+                actions = [
+                    lane.rng.uniform(-1.0, 1.0, size=env_spec.action_dim).astype(np.float32)
+                    for lane in lanes
+                ]
+            else:
+                keys, act_keys = seeds.split(keys)
+                obs = seeds.pack([lane.obs[None] for lane in lanes])
+                packed = np.asarray(seeds.act(state, obs, act_keys, False))
+                actions = [action[0] for action in seeds.unpack(packed)]
+            for index, lane in enumerate(lanes):
+                action = actions[index] if recorders.active(index) else np.zeros_like(actions[0])
+                _step(envs[index], buffers[index], lane, action)
             if step >= loop.learning_starts:
-                batches = buffer.sample(progress.rng, loop.batch_size, loop.updates_per_step)
-                progress.key, update_key = jax.random.split(progress.key)
-                state, metrics = agent.update(state, batches, update_key)
-                progress.updates += loop.updates_per_step
-                progress.metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                recorder.check_update(step, progress.updates, progress.metrics)
-            progress.env_step = step
-            recorder.bar.advance()
+                batches = [
+                    buffer.sample(lane.rng, loop.batch_size, loop.updates_per_step)
+                    for buffer, lane in zip(buffers, lanes, strict=True)
+                ]
+                keys, update_keys = seeds.split(keys)
+                state, metrics = seeds.update(state, seeds.pack(batches), update_keys)
+                for lane, lane_metrics in zip(
+                    lanes, seeds.unpack(jax.device_get(metrics)), strict=True
+                ):
+                    lane.updates += loop.updates_per_step
+                    lane.metrics = {k: float(v) for k, v in lane_metrics.items()}
+                recorders.check_updates(
+                    step, [lane.updates for lane in lanes], [lane.metrics for lane in lanes]
+                )
+            for lane in lanes:
+                lane.env_step = step
+            recorders.bar.advance()
 
             if step % loop.eval_every == 0 or step == config.steps:
-                progress.key, eval_key = jax.random.split(progress.key)
-                recorder.evaluation_point(
-                    agent,
-                    state,
-                    eval_key,
-                    step,
-                    progress.last_episode_return,
-                    progress.updates,
-                    progress.metrics,
-                    snapshot,
-                )
-                prune_rows(replay_dir, recorder.oldest_kept_step() - buffer.capacity)
-            recorder.stop_if_requested(state, step, snapshot)
-        _, plot_key = jax.random.split(progress.key)
-        return recorder.finish(agent, state, plot_key, progress.env_step)
+                keys, eval_keys = seeds.split(keys)
+                for index, lane in enumerate(lanes):
+                    recorders.evaluation_point(
+                        index,
+                        agent,
+                        seeds.member(state, index),
+                        seeds.member(eval_keys, index),
+                        step,
+                        lane.last_episode_return,
+                        lane.updates,
+                        lane.metrics,
+                        snapshots[index],
+                    )
+                    if recorders.active(index):
+                        prune_rows(
+                            setups[index].run_dir / runs.REPLAY_DIR,
+                            recorders.oldest_kept_step(index) - buffers[index].capacity,
+                        )
+            recorders.stop_if_requested(state, step, snapshots)
+        _, plot_keys = seeds.split(keys)
+        return recorders.finish(agent, state, plot_keys, lanes[0].env_step)
     finally:
-        recorder.close()
-        env.close()
+        recorders.close()
+        for env in envs:
+            env.close()
 
 
-def _step(agent, state, env, buffer, progress: ReplayState, loop, action_dim: int) -> None:
-    """Act (uniformly at random during warm-up), step the env, store the transition."""
-    if progress.env_step + 1 <= loop.learning_starts:
-        action = progress.rng.uniform(-1.0, 1.0, size=action_dim).astype(np.float32)
-    else:
-        progress.key, act_key = jax.random.split(progress.key)
-        action = np.asarray(agent.act(state, progress.obs[None], act_key, False))[0]
+def _step(env: Any, buffer: ReplayBuffer, lane: ReplayState, action: np.ndarray) -> None:
+    """Step the env with ``action``, store the transition, reset at an episode's end."""
     next_obs, reward, terminated, truncated, _ = env.step(action)
-    buffer.add(progress.obs, action, reward, next_obs, terminated, truncated)
-    progress.episode_return += reward
-    progress.obs = next_obs
+    buffer.add(lane.obs, action, reward, next_obs, terminated, truncated)
+    lane.episode_return += reward
+    lane.obs = next_obs
     if terminated or truncated:
-        progress.last_episode_return, progress.episode_return = progress.episode_return, 0.0
-        progress.obs, _ = env.reset()
+        lane.last_episode_return, lane.episode_return = lane.episode_return, 0.0
+        lane.obs, _ = env.reset()

@@ -18,11 +18,11 @@ it while a termination does not.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from diffmaxent.agents.onpolicy import OnPolicyAgent, Rollout, example_rollout
@@ -31,18 +31,20 @@ from diffmaxent.envs.factory import make_env
 from diffmaxent.envs.snapshot import capture_vector_env_state, restore_vector_env_state
 from diffmaxent.loops.bookkeeping import (
     EvaluationSchedule,
-    RunRecorder,
     RunSetup,
+    SeedRecorders,
+    Snapshot,
     TrainResult,
     capture_env,
     decode_floats,
     encode_floats,
-    find_resume_point,
+    find_resume_points,
     fresh_seed,
     key_array,
     key_from_array,
     restore_env,
 )
+from diffmaxent.loops.seeds import SeedAxis
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -101,71 +103,131 @@ def collect_rollout(
     Returns:
         ``(rollout, the observation to continue from, the advanced key)``.
     """
-    obs_list, extras_list, rewards, next_obs_list, terminated_list, truncated_list = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
+    rollout, obs_after, key = collect_rollouts(
+        SeedAxis(agent, 1), state, [envs], [obs], key, num_steps, [tracker]
     )
+    return rollout, obs_after[0], key
+
+
+def collect_rollouts(
+    seeds: SeedAxis,
+    state: Any,
+    envs: Sequence[gym.vector.VectorEnv],
+    obs: Sequence[np.ndarray],
+    keys: jax.Array,
+    num_steps: int,
+    trackers: Sequence[EpisodeTracker | None],
+    active: Callable[[int], bool] = lambda index: True,
+) -> tuple[Rollout, list[np.ndarray], jax.Array]:
+    """:func:`collect_rollout` for the seeds of a seed axis, each with its own envs: one
+    ``collect`` call per vector step for all of them. Seeds that are not ``active`` step their
+    envs with zero actions.
+
+    Returns:
+        ``(the packed rollout [S, num_steps, B, ...] (one seed: [num_steps, B, ...]), each seed's
+        observation to continue from, the advanced keys)``.
+    """
+    obs = list(obs)
+    lanes = [_RolloutRecord() for _ in envs]
+    extras_per_step = []
     for _ in range(num_steps):
-        key, step_key = jax.random.split(key)
-        action, extras = agent.collect(state, obs, step_key)
-        next_obs, reward, terminated, truncated, info = envs.step(np.asarray(action))
-        real_next = np.array(next_obs, dtype=np.float32, copy=True)
-        if "_final_obs" in info:
-            for i in np.flatnonzero(info["_final_obs"]):
-                real_next[i] = info["final_obs"][i]
-        obs_list.append(obs)
-        extras_list.append(extras)
-        rewards.append(reward)
-        next_obs_list.append(real_next)
-        terminated_list.append(terminated)
-        truncated_list.append(truncated)
-        if tracker is not None:
-            tracker.add(np.asarray(reward, np.float64), np.logical_or(terminated, truncated))
-        obs = np.asarray(next_obs, np.float32)
-    rollout = Rollout(
-        obs=np.stack(obs_list).astype(np.float32),
-        extras=jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *extras_list),
-        reward=np.stack(rewards).astype(np.float32),
-        next_obs=np.stack(next_obs_list),
-        terminated=np.stack(terminated_list).astype(np.float32),
-        truncated=np.stack(truncated_list).astype(np.float32),
-    )
-    return rollout, obs, key
+        keys, step_keys = seeds.split(keys)
+        actions, extras = seeds.collect(state, seeds.pack(obs), step_keys)
+        extras_per_step.append(extras)
+        for index, action in enumerate(seeds.unpack(np.asarray(actions))):
+            if not active(index):
+                action = np.zeros_like(action)
+            next_obs, reward, terminated, truncated, info = envs[index].step(action)
+            real_next = np.array(next_obs, dtype=np.float32, copy=True)
+            if "_final_obs" in info:
+                for i in np.flatnonzero(info["_final_obs"]):
+                    real_next[i] = info["final_obs"][i]
+            lanes[index].add(obs[index], reward, real_next, terminated, truncated)
+            if trackers[index] is not None:
+                trackers[index].add(
+                    np.asarray(reward, np.float64), np.logical_or(terminated, truncated)
+                )
+            obs[index] = np.asarray(next_obs, np.float32)
+    parts = seeds.pack([lane.arrays() for lane in lanes])
+    rollout = Rollout(extras=seeds.stack_steps(extras_per_step), **parts)
+    return rollout, obs, keys
 
 
-def run(setup: RunSetup, agent: OnPolicyAgent) -> TrainResult:
-    """Train ``agent`` for ``setup.config.steps`` env steps (whole rollouts) and fill the run
-    directory. A step of this loop is one rollout and its update: evaluation points, checkpoints
-    and stops on a signal fall between them."""
-    config = setup.config
+class _RolloutRecord:
+    """One seed's host-side part of a rollout, step by step."""
+
+    def __init__(self) -> None:
+        self.obs: list[np.ndarray] = []
+        self.reward: list[np.ndarray] = []
+        self.next_obs: list[np.ndarray] = []
+        self.terminated: list[np.ndarray] = []
+        self.truncated: list[np.ndarray] = []
+
+    def add(self, obs, reward, next_obs, terminated, truncated) -> None:
+        self.obs.append(obs)
+        self.reward.append(reward)
+        self.next_obs.append(next_obs)
+        self.terminated.append(terminated)
+        self.truncated.append(truncated)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "obs": np.stack(self.obs).astype(np.float32),
+            "reward": np.stack(self.reward).astype(np.float32),
+            "next_obs": np.stack(self.next_obs),
+            "terminated": np.stack(self.terminated).astype(np.float32),
+            "truncated": np.stack(self.truncated).astype(np.float32),
+        }
+
+
+@dataclasses.dataclass
+class _Lane:
+    """One seed's training envs and what the loop carries for it between rollouts."""
+
+    envs: gym.vector.SyncVectorEnv
+    obs: np.ndarray  # [num_envs, obs_dim]
+    tracker: EpisodeTracker
+    metrics: dict[str, float]
+
+
+def run(setups: Sequence[RunSetup], agent: OnPolicyAgent) -> list[TrainResult]:
+    """Train ``agent`` for ``config.steps`` env steps (whole rollouts) for each seed's setup (one,
+    or several trained together on a seed axis) and fill their run directories. A step of this
+    loop is one rollout and its update: evaluation points, checkpoints and stops on a signal fall
+    between them."""
+    config = setups[0].config
     loop = config.loop
-    key, init_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = agent.init(init_key)
+    seeds = SeedAxis(agent, len(setups))
+    keys, state = seeds.start([setup.config.seed for setup in setups])
+    any_key = jax.random.PRNGKey(0)
+    template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints
     steps_per_rollout = loop.num_envs * loop.rollout_steps
     iterations = -(-config.steps // steps_per_rollout)
     example = example_rollout(
-        agent, state, setup.env_spec.obs_dim, loop.rollout_steps, loop.num_envs
+        agent, template, setups[0].env_spec.obs_dim, loop.rollout_steps, loop.num_envs
     )
-    metric_names = sorted(jax.eval_shape(agent.update, state, example, key)[1])
-    resume = find_resume_point(setup, state) if setup.resume else None
-    recorder = RunRecorder(setup, metric_names, iterations * steps_per_rollout, resume)
-    envs = make_vector_env(config.env, loop.num_envs, config.seed, loop.action_repeat)
-    tracker = EpisodeTracker(loop.num_envs)
-    metrics: dict[str, float] = {}
+    metric_names = sorted(jax.eval_shape(agent.update, template, example, any_key)[1])
+    resumes = find_resume_points(setups, template) if setups[0].resume else None
+    recorders = SeedRecorders(
+        setups, metric_names, iterations * steps_per_rollout, resumes, seeds.member
+    )
+    lanes: list[_Lane] = []
     iteration = 0
     try:
-        if resume is None:
-            obs = np.asarray(envs.reset()[0], np.float32)
-        else:
-            state, info, iteration = resume.state, resume.info, resume.info["iteration"]
-            key, obs = key_from_array(resume.arrays["key"]), resume.arrays["obs"]
-            tracker.running = resume.arrays["episode_returns"]
-            tracker.last, tracker.finished = info["last_episode_return"], info["episodes"]
-            metrics = decode_floats(info["metrics"])
+        for index, setup in enumerate(setups):
+            seed = setup.config.seed
+            envs = make_vector_env(config.env, loop.num_envs, seed, loop.action_repeat)
+            lane = _Lane(envs, np.empty(0), EpisodeTracker(loop.num_envs), {})
+            lanes.append(lane)
+            if resumes is None:
+                lane.obs = np.asarray(envs.reset()[0], np.float32)
+                continue
+            resume = resumes[index]
+            info, iteration = resume.info, resume.info["iteration"]
+            lane.obs = resume.arrays["obs"]
+            lane.tracker.running = resume.arrays["episode_returns"]
+            lane.tracker.last, lane.tracker.finished = info["last_episode_return"], info["episodes"]
+            lane.metrics = decode_floats(info["metrics"])
             if not restore_env(
                 envs,
                 "envs/",
@@ -175,49 +237,80 @@ def run(setup: RunSetup, agent: OnPolicyAgent) -> TrainResult:
                 restore_vector_env_state,
             ):
                 envs.close()
-                seed = fresh_seed(config.seed, resume.env_step)
-                envs = make_vector_env(config.env, loop.num_envs, seed, loop.action_repeat)
-                obs = np.asarray(envs.reset()[0], np.float32)
-                tracker.running[:] = 0.0
+                fresh = fresh_seed(seed, resume.env_step)
+                lane.envs = make_vector_env(config.env, loop.num_envs, fresh, loop.action_repeat)
+                lane.obs = np.asarray(lane.envs.reset()[0], np.float32)
+                lane.tracker.running[:] = 0.0
+        if resumes is not None:
+            state = seeds.stack([resume.state for resume in resumes])
+            keys = seeds.stack([key_from_array(resume.arrays["key"]) for resume in resumes])
 
-        def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            arrays = {
-                "key": key_array(key),
-                "obs": np.asarray(obs),
-                "episode_returns": tracker.running.copy(),
-            }
-            info = {
-                "iteration": iteration,
-                "last_episode_return": tracker.last,
-                "episodes": tracker.finished,
-                "metrics": encode_floats(metrics),
-                "envs": capture_env(envs, "envs/", arrays, capture_vector_env_state),
-            }
-            return arrays, info
+        def snapshot_of(index: int) -> Snapshot:
+            def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                lane = lanes[index]
+                arrays = {
+                    "key": key_array(seeds.member(keys, index)),
+                    "obs": np.asarray(lane.obs),
+                    "episode_returns": lane.tracker.running.copy(),
+                }
+                info = {
+                    "iteration": iteration,
+                    "last_episode_return": lane.tracker.last,
+                    "episodes": lane.tracker.finished,
+                    "metrics": encode_floats(lane.metrics),
+                    "envs": capture_env(lane.envs, "envs/", arrays, capture_vector_env_state),
+                }
+                return arrays, info
 
+            return snapshot
+
+        snapshots = [snapshot_of(index) for index in range(len(setups))]
         env_step = iteration * steps_per_rollout
         while iteration < iterations:
             iteration += 1
-            rollout, obs, key = collect_rollout(
-                agent, state, envs, obs, key, loop.rollout_steps, tracker
+            rollout, obs, keys = collect_rollouts(
+                seeds,
+                state,
+                [lane.envs for lane in lanes],
+                [lane.obs for lane in lanes],
+                keys,
+                loop.rollout_steps,
+                [lane.tracker for lane in lanes],
+                recorders.active,
             )
-            key, update_key = jax.random.split(key)
-            state, update_metrics = agent.update(state, rollout, update_key)
-            metrics = {k: float(v) for k, v in jax.device_get(update_metrics).items()}
+            keys, update_keys = seeds.split(keys)
+            state, update_metrics = seeds.update(state, rollout, update_keys)
+            for lane, lane_obs, metrics in zip(
+                lanes, obs, seeds.unpack(jax.device_get(update_metrics)), strict=True
+            ):
+                lane.obs = lane_obs
+                lane.metrics = {k: float(v) for k, v in metrics.items()}
             env_step = iteration * steps_per_rollout
-            recorder.check_update(env_step, iteration, metrics)
-            recorder.bar.advance(steps_per_rollout)
+            recorders.check_updates(
+                env_step, [iteration] * len(lanes), [lane.metrics for lane in lanes]
+            )
+            recorders.bar.advance(steps_per_rollout)
             passed_eval = env_step // loop.eval_every > (env_step - steps_per_rollout) // (
                 loop.eval_every
             )
             if passed_eval or iteration == iterations:
-                key, eval_key = jax.random.split(key)
-                recorder.evaluation_point(
-                    agent, state, eval_key, env_step, tracker.last, iteration, metrics, snapshot
-                )
-            recorder.stop_if_requested(state, env_step, snapshot)
-        _, plot_key = jax.random.split(key)
-        return recorder.finish(agent, state, plot_key, env_step)
+                keys, eval_keys = seeds.split(keys)
+                for index, lane in enumerate(lanes):
+                    recorders.evaluation_point(
+                        index,
+                        agent,
+                        seeds.member(state, index),
+                        seeds.member(eval_keys, index),
+                        env_step,
+                        lane.tracker.last,
+                        iteration,
+                        lane.metrics,
+                        snapshots[index],
+                    )
+            recorders.stop_if_requested(state, env_step, snapshots)
+        _, plot_keys = seeds.split(keys)
+        return recorders.finish(agent, state, plot_keys, env_step)
     finally:
-        recorder.close()
-        envs.close()
+        recorders.close()
+        for lane in lanes:
+            lane.envs.close()
