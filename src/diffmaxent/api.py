@@ -38,6 +38,7 @@ from diffmaxent.loops.bookkeeping import (
     StopRequest,
     TrainResult,
 )
+from diffmaxent.loops.seeds import SEED_BATCHING
 from diffmaxent.registry import AlgoSpec, get_algo
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
@@ -193,6 +194,7 @@ def train(
     progress: bool | None = None,
     resume: str | Path | None = None,
     wandb: bool = False,
+    seed_batching: str = "auto",
 ) -> TrainResult | GroupResult:
     """Train ``algo`` on ``env`` and write a run directory, or continue a run (mirrors
     ``diffmaxent train``).
@@ -223,6 +225,10 @@ def train(
         wandb: also log every evaluation row to Weights & Biases (the ``[wandb]`` extra;
             ``WANDB_MODE=offline`` writes the run under ``RUN_DIR/wandb`` without a network).
             TensorBoard event files are always written into the run directory.
+        seed_batching: with ``seeds``, how the seeds share one compiled call: ``vmap`` (batched
+            kernels, for accelerators), ``map`` (one seed after another inside the call, faster
+            on CPU) or ``auto`` (``map`` on CPU, ``vmap`` on a GPU or TPU). Resuming a group
+            keeps its own.
 
     Returns:
         The run directory, the final evaluation and all metric rows (with ``seeds``, or resuming
@@ -236,7 +242,7 @@ def train(
             seeds: :class:`SeedsDiverged` once the others have finished).
     """
     if resume is not None:
-        if (algo, env, seed, seeds, preset, out, force) != (
+        if (algo, env, seed, seeds, preset, out, force, seed_batching) != (
             DEFAULT_ALGO,
             DEFAULT_ENV,
             0,
@@ -244,6 +250,7 @@ def train(
             DEFAULT_PRESET,
             None,
             False,
+            "auto",
         ) or overrides:
             raise UsageError(
                 "--resume continues a run with its own settings; only --steps may be given"
@@ -253,6 +260,10 @@ def train(
         return _resume(Path(resume), steps, progress, wandb)
     if wandb:
         trackers.require_wandb()
+    if seed_batching not in SEED_BATCHING:
+        raise UsageError(
+            f"seed_batching must be one of {', '.join(SEED_BATCHING)}, got {seed_batching!r}"
+        )
     steps = DEFAULT_STEPS if steps is None else steps
     if seeds is not None:
         seed_list = _check_seeds(seeds)
@@ -284,7 +295,14 @@ def train(
         runs.remove_run(group_dir)
         runs.write_group(
             group_dir,
-            {"algo": algo, "env": env, "preset": preset, "steps": steps, "seeds": seed_list},
+            {
+                "algo": algo,
+                "env": env,
+                "preset": preset,
+                "steps": steps,
+                "seeds": seed_list,
+                "seed_batching": seed_batching,
+            },
         )
         stop = StopRequest()
         setups = []
@@ -292,7 +310,17 @@ def train(
             member_config = dataclasses.replace(config, seed=seed)
             _start_run(member, member_config, env_spec)
             setups.append(
-                RunSetup(member_config, env_spec, member, progress, False, stop, group_dir, wandb)
+                RunSetup(
+                    member_config,
+                    env_spec,
+                    member,
+                    progress,
+                    False,
+                    stop,
+                    group_dir,
+                    wandb,
+                    seed_batching,
+                )
             )
         return GroupResult(group_dir, _run(spec, setups, agent))
 
@@ -358,6 +386,11 @@ def _resume_group(
     """Resume every seed of a group from the newest step all of them hold, to ``steps`` (default:
     the largest total among them, should one seed have been continued alone)."""
     members = runs.group_runs(group_dir)
+    seed_batching = runs.read_json(group_dir / runs.GROUP_FILE).get("seed_batching", "auto")
+    if seed_batching not in SEED_BATCHING:
+        raise runs.DamagedFileError(
+            f"{group_dir / runs.GROUP_FILE} names an unknown seed_batching {seed_batching!r}"
+        )
     for member in members:
         if not member.is_dir() or not runs.holds_run(member):
             raise UsageError(f"cannot resume group {str(group_dir)!r}: {member.name} is not a run")
@@ -394,6 +427,7 @@ def _resume_group(
                 stop,
                 group_dir,
                 wandb,
+                seed_batching,
             )
             for member, (config, _) in zip(members, recorded, strict=True)
         ]
@@ -486,8 +520,15 @@ def run_config(run_dir: Path) -> tuple[ResolvedConfig, EnvSpec]:
     checkpoint that holds an intact one (with a one-line warning).
 
     Raises:
-        UsageError: not a run directory, or no intact config anywhere.
+        UsageError: not a run directory (a group of seeds included: name one of its runs), or
+            no intact config anywhere.
     """
+    if runs.holds_group(run_dir) and not (run_dir / runs.CONFIG_FILE).exists():
+        members = ", ".join(sorted(p.name for p in Path(run_dir).glob("seed*") if p.is_dir()))
+        raise UsageError(
+            f"{str(run_dir)!r} is a group of seeds trained together; name one of its run "
+            f"directories ({members})"
+        )
     try:
         return _parse_run_config(runs.read_run_config(run_dir), run_dir / runs.CONFIG_FILE)
     except runs.DamagedFileError as error:

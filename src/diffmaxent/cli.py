@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from diffmaxent import api, results, runs
+from diffmaxent import api, results, runs, sweep
 from diffmaxent.bench import run_bench
 from diffmaxent.config import parse_assignments
 from diffmaxent.errors import (
@@ -66,6 +66,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="train several seeds together in one process, e.g. 0-4 or 0,3,7; --out is then a "
         "group directory with a run directory seed<N> per seed (default: one seed, --seed)",
+    )
+    train.add_argument(
+        "--seed-batching",
+        default="auto",
+        choices=("auto", "vmap", "map"),
+        help="with --seeds: vmap (batched kernels, for GPUs), map (seed after seed in one "
+        "compiled call, faster on CPU) or auto: map on CPU, vmap on GPU (default %(default)s)",
     )
     train.add_argument(
         "--out",
@@ -220,6 +227,33 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_int("--reps"),
         help="bootstrap resamples (default %(default)s)",
     )
+
+    sweep_parser = commands.add_parser(
+        "sweep", help="a grid or random search on Ray Tune, each trial a run directory"
+    )
+    sweep_parser.add_argument("spec", metavar="SPEC.yaml", help="the sweep spec (see README)")
+    sweep_parser.add_argument(
+        "--out",
+        default=None,
+        help="sweep directory; the same command continues it (default runs/sweep-<spec name>)",
+    )
+    sweep_parser.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster: auto or ray://HOST:PORT (default: start a local Ray)",
+    )
+    sweep_parser.add_argument(
+        "--max-concurrent",
+        default=None,
+        type=_int("--max-concurrent"),
+        help="trials running at once (default: as many as there are CPUs)",
+    )
+    sweep_parser.add_argument(
+        "--gpus-per-trial",
+        default=0.0,
+        type=float,
+        help="fraction of a GPU per trial, e.g. 0.25 (default %(default)s)",
+    )
     return parser
 
 
@@ -254,6 +288,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
         resume=args.resume,
         wandb=args.wandb,
+        seed_batching=args.seed_batching,
     )
     if isinstance(result, GroupResult):
         for run in result.runs:
@@ -364,6 +399,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    outcome = sweep.run_sweep(
+        args.spec,
+        out=args.out,
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+    )
+    for line in sweep.summary_lines(outcome):
+        print(line)
+    return 1 if outcome.failed else 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
 
     spec = get_algo(args.algo)
@@ -440,6 +488,7 @@ def _main(argv: Sequence[str] | None) -> int:
             "presets": _cmd_presets,
             "plot": _cmd_plot,
             "compare": _cmd_compare,
+            "sweep": _cmd_sweep,
         }[args.command]
         return handler(args)
     except UsageError as error:

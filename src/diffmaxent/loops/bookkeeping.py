@@ -111,7 +111,7 @@ class RunSetup:
     how to show progress (True: a bar, False: silence, None: a bar on a terminal and one line per
     evaluation otherwise), whether to resume from the run's newest intact checkpoint, the
     stop request the signal handlers set, and, for one of several seeds trained together, their
-    group directory."""
+    group directory and how they are batched."""
 
     config: ResolvedConfig
     env_spec: EnvSpec
@@ -121,6 +121,7 @@ class RunSetup:
     stop: StopRequest = dataclasses.field(default_factory=StopRequest)
     group_dir: Path | None = None
     wandb: bool = False  # also log to Weights & Biases
+    seed_batching: str = "auto"  # how seeds trained together share a compiled call (loops.seeds)
 
 
 @dataclasses.dataclass

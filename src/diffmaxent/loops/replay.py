@@ -79,7 +79,7 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
     config = setups[0].config
     loop = config.loop
     env_spec = setups[0].env_spec
-    seeds = SeedAxis(agent, len(setups))
+    seeds = SeedAxis(agent, len(setups), setups[0].seed_batching)
     keys, state = seeds.start([setup.config.seed for setup in setups])
     any_key = jax.random.PRNGKey(0)
     template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints

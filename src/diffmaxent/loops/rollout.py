@@ -197,7 +197,7 @@ def run(setups: Sequence[RunSetup], agent: OnPolicyAgent) -> list[TrainResult]:
     between them."""
     config = setups[0].config
     loop = config.loop
-    seeds = SeedAxis(agent, len(setups))
+    seeds = SeedAxis(agent, len(setups), setups[0].seed_batching)
     keys, state = seeds.start([setup.config.seed for setup in setups])
     any_key = jax.random.PRNGKey(0)
     template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints

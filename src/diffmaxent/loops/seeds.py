@@ -4,9 +4,20 @@ The loops hold per-seed things (envs, replay buffers, recorders) in lists and th
 the JAX keys and the data handed to the agent "packed": with one seed, packing is the identity
 and every call is the agent's own jitted function, so a single run computes exactly what it
 always did; with ``S > 1`` seeds every array gets a leading seed axis of size ``S`` and each
-function is ``jax.vmap``-ed over it and jitted once, so that one compiled call trains all seeds.
-Seeds do not interact: each computes what it would alone, up to floating-point reassociation in
-the batched kernels.
+function is mapped over it and jitted once, so that one compiled call serves all seeds. Seeds
+do not interact. Two ways to map (``seed_batching``):
+
+* ``vmap``: ``jax.vmap``, batched kernels. On an accelerator, where one seed's small networks
+  leave most of the device idle, this is what makes many seeds cheap.
+* ``map``: ``jax.lax.map``, the seeds one after another inside the compiled call, each with
+  unbatched kernels. On a CPU, where the update is compute-bound, this is the faster one
+  (XLA:CPU's batched matmuls are slower than the same matmuls one by one; docs/benchmarks.md
+  measures both).
+* ``auto`` (the default): ``map`` on CPU, ``vmap`` on a GPU or TPU.
+
+Either way XLA compiles the update into another program than the single-seed call, so a seed in
+a group computes what it would alone up to floating-point rounding (a few ulp per step), not bit
+for bit.
 """
 
 from __future__ import annotations
@@ -18,26 +29,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+SEED_BATCHING = ("auto", "vmap", "map")
+
+
+def resolve_seed_batching(seed_batching: str) -> str:
+    """``vmap`` or ``map`` for ``seed_batching`` on this machine's default JAX backend."""
+    if seed_batching not in SEED_BATCHING:
+        raise ValueError(f"seed_batching must be one of {SEED_BATCHING}, got {seed_batching!r}")
+    if seed_batching == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return seed_batching
+
 
 class SeedAxis:
     """``agent``'s ``init``, ``act``, ``collect`` (on-policy agents) and ``update`` for ``size``
     seeds, and the packing of per-seed values to and from the seed axis."""
 
-    def __init__(self, agent: Any, size: int) -> None:
+    def __init__(self, agent: Any, size: int, seed_batching: str = "auto") -> None:
         if size < 1:
             raise ValueError(f"a seed axis needs at least one seed, got {size}")
         self.agent = agent
         self.size = size
+        self.seed_batching = resolve_seed_batching(seed_batching)
         if size > 1:
-            self._init = jax.jit(jax.vmap(agent.init))
-            self._split = jax.jit(jax.vmap(jax.random.split))
-            self._update = jax.jit(jax.vmap(agent.update))
+            over = jax.vmap if self.seed_batching == "vmap" else _sequential
+            self._init = jax.jit(over(agent.init))
+            self._split = jax.jit(jax.vmap(jax.random.split))  # integer ops: exact either way
+            self._update = jax.jit(over(agent.update))
             self._act = {
-                deterministic: jax.jit(jax.vmap(_fixed(agent.act, deterministic)))
+                deterministic: jax.jit(over(_fixed(agent.act, deterministic)))
                 for deterministic in (False, True)
             }
             collect = getattr(agent, "collect", None)
-            self._collect = jax.jit(jax.vmap(collect)) if collect is not None else None
+            self._collect = jax.jit(over(collect)) if collect is not None else None
+            self._member = jax.jit(_take)
 
     # --- packing ---
 
@@ -63,7 +88,7 @@ class SeedAxis:
         """Seed ``index``'s part of a packed agent state (or key)."""
         if self.size == 1:
             return state
-        return jax.tree_util.tree_map(lambda x: x[index], state)
+        return self._member(state, index)
 
     def stack(self, states: Sequence[Any]) -> Any:
         """Per-seed agent states (or keys) -> one packed state on the device."""
@@ -109,6 +134,20 @@ class SeedAxis:
         if self.size == 1:
             return self.agent.update(state, data, keys)
         return self._update(state, data, keys)
+
+
+def _sequential(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` over the leading axis of all its arguments, one slice after another
+    (``lax.map``)."""
+
+    def mapped(*args: Any) -> Any:
+        return jax.lax.map(lambda sliced: fn(*sliced), args)
+
+    return mapped
+
+
+def _take(tree: Any, index: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[index], tree)
 
 
 def _fixed(act: Callable[..., Any], deterministic: bool) -> Callable[..., Any]:
