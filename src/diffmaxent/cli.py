@@ -202,12 +202,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="instead of curves, each MultiGoal-v0 run's sampled trajectories side by side "
         "(default: curves)",
     )
-    plot.add_argument(
-        "--reps",
-        default=2_000,
-        type=_int("--reps"),
-        help="bootstrap resamples (default %(default)s)",
-    )
+    _add_reps(plot)
 
     compare = commands.add_parser(
         "compare", help="final return per env and algorithm: IQM with 95%% CI, mean ± std"
@@ -221,12 +216,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("markdown", "csv"),
         help="markdown (a table per env) or csv (default %(default)s)",
     )
-    compare.add_argument(
-        "--reps",
-        default=2_000,
-        type=_int("--reps"),
-        help="bootstrap resamples (default %(default)s)",
-    )
+    _add_reps(compare)
 
     sweep_parser = commands.add_parser(
         "sweep", help="a grid or random search on Ray Tune, each trial a run directory"
@@ -255,6 +245,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="fraction of a GPU per trial, e.g. 0.25 (default %(default)s)",
     )
     return parser
+
+
+def _add_reps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reps",
+        default=2_000,
+        type=_int("--reps"),
+        help="bootstrap resamples of the 95%% interval (default %(default)s)",
+    )
 
 
 def _int(flag: str):

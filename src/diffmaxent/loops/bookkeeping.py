@@ -698,9 +698,32 @@ class SeedRecorders:
         for index, recorder in enumerate(self.recorders):
             self._guarded(index, recorder.check_update, env_step, updates[index], metrics[index])
 
-    def evaluation_point(self, index: int, *args: Any) -> None:
-        """:meth:`RunRecorder.evaluation_point` of seed ``index``."""
-        self._guarded(index, self.recorders[index].evaluation_point, *args)
+    def evaluation_points(
+        self,
+        agent: Any,
+        state: Any,
+        keys: jax.Array,
+        env_step: int,
+        train_episode_returns: Sequence[float | None],
+        updates: Sequence[int],
+        metrics: Sequence[Mapping[str, float]],
+        snapshots: Sequence[Snapshot],
+    ) -> None:
+        """:meth:`RunRecorder.evaluation_point` of every seed still recorded, each with its part
+        of the packed ``state`` and ``keys``."""
+        for index, recorder in enumerate(self.recorders):
+            self._guarded(
+                index,
+                recorder.evaluation_point,
+                agent,
+                self.member(state, index),
+                self.member(keys, index),
+                env_step,
+                train_episode_returns[index],
+                updates[index],
+                metrics[index],
+                snapshots[index],
+            )
 
     def stop_if_requested(self, state: Any, env_step: int, snapshots: Sequence[Snapshot]) -> None:
         """After a step: if SIGINT or SIGTERM arrived, every seed writes a checkpoint at this

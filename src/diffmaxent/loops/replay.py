@@ -195,22 +195,21 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
 
             if step % loop.eval_every == 0 or step == config.steps:
                 keys, eval_keys = seeds.split(keys)
-                for index, lane in enumerate(lanes):
-                    recorders.evaluation_point(
-                        index,
-                        agent,
-                        seeds.member(state, index),
-                        seeds.member(eval_keys, index),
-                        step,
-                        lane.last_episode_return,
-                        lane.updates,
-                        lane.metrics,
-                        snapshots[index],
-                    )
+                recorders.evaluation_points(
+                    agent,
+                    state,
+                    eval_keys,
+                    step,
+                    [lane.last_episode_return for lane in lanes],
+                    [lane.updates for lane in lanes],
+                    [lane.metrics for lane in lanes],
+                    snapshots,
+                )
+                for index, buffer in enumerate(buffers):
                     if recorders.active(index):
                         prune_rows(
                             setups[index].run_dir / runs.REPLAY_DIR,
-                            recorders.oldest_kept_step(index) - buffers[index].capacity,
+                            recorders.oldest_kept_step(index) - buffer.capacity,
                         )
             recorders.stop_if_requested(state, step, snapshots)
         _, plot_keys = seeds.split(keys)

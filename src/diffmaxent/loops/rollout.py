@@ -295,18 +295,16 @@ def run(setups: Sequence[RunSetup], agent: OnPolicyAgent) -> list[TrainResult]:
             )
             if passed_eval or iteration == iterations:
                 keys, eval_keys = seeds.split(keys)
-                for index, lane in enumerate(lanes):
-                    recorders.evaluation_point(
-                        index,
-                        agent,
-                        seeds.member(state, index),
-                        seeds.member(eval_keys, index),
-                        env_step,
-                        lane.tracker.last,
-                        iteration,
-                        lane.metrics,
-                        snapshots[index],
-                    )
+                recorders.evaluation_points(
+                    agent,
+                    state,
+                    eval_keys,
+                    env_step,
+                    [lane.tracker.last for lane in lanes],
+                    [iteration] * len(lanes),
+                    [lane.metrics for lane in lanes],
+                    snapshots,
+                )
             recorders.stop_if_requested(state, env_step, snapshots)
         _, plot_keys = seeds.split(keys)
         return recorders.finish(agent, state, plot_keys, env_step)
