@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from agent_helpers import tiny_agent
+from diffmaxent import diffusion, resolve_config
+from diffmaxent.agents.common import temperature_step
 from diffmaxent.agents.maxentdp import PAPER_TEMPERATURES, PRESETS
+from diffmaxent.errors import BiasedEstimatorWarning
 from diffmaxent.nn import EnsembleCritic
 
 TINY = {
@@ -87,3 +94,55 @@ def test_presets_listing_shows_every_table_b1_temperature(capsys):
     lines = capsys.readouterr().out.splitlines()
     for task, beta in PAPER_TEMPERATURES.items():
         assert f"    {task}: temperature={beta}" in lines
+
+
+def _logprob_error_per_dim(rule: str, levels: int, samples: int, control_variate: bool) -> float:
+    """Mean error of the log-probability estimate per action dimension for the narrow Gaussian
+    policy N(0, 0.05^2 I) in 2 dimensions, whose noise predictor and density are exact."""
+    std, actions = 0.05, 0.05 * jax.random.normal(jax.random.PRNGKey(0), (2048, 2))
+    estimate = diffusion.log_prob(
+        diffusion.gaussian_eps_fn(0.0, std),
+        jax.random.PRNGKey(1),
+        actions,
+        logprob_rule=rule,
+        num_levels=levels,
+        num_samples=samples,
+        control_variate=control_variate,
+    )
+    exact = diffusion.gaussian_log_prob(actions, 0.0, std)
+    return float(jnp.mean(estimate - exact)) / 2
+
+
+def test_auto_temperature_on_the_rectangle_rule_falls_too_low_and_warns():
+    """The direction of the bias: the paper's rectangle rule (T 20, N 50) underestimates the
+    log-probability of a narrow policy, so the entropy estimate -log pi is too high; where the
+    true entropy equals the target (the exact step keeps beta), the step taken on the biased
+    estimate lowers beta. The cpu preset's Gauss-Legendre rule with a control variate is
+    close to unbiased there. Resolving that combination warns in one line."""
+    rectangle = _logprob_error_per_dim("rectangle", 20, 50, False)
+    legendre = _logprob_error_per_dim("gauss_legendre", 6, 4, True)
+    assert rectangle < -0.5 and abs(legendre) < 0.15
+
+    true_entropy = 2 * (0.5 * np.log(2 * np.pi * np.e) + np.log(0.05))  # of N(0, 0.05^2 I_2)
+    biased_entropy = true_entropy - 2 * rectangle
+    optimizer = optax.adam(0.01)
+    log_temperature = jnp.log(jnp.asarray(0.1))
+    steps = {}
+    for name, entropy in [("exact", true_entropy), ("biased", biased_entropy)]:
+        steps[name], _ = temperature_step(
+            log_temperature,
+            optimizer.init(log_temperature),
+            optimizer,
+            jnp.asarray(entropy),
+            float(true_entropy),
+            True,
+        )
+    assert float(steps["exact"]) == pytest.approx(float(log_temperature))
+    assert float(steps["biased"]) < float(log_temperature)
+
+    with pytest.warns(BiasedEstimatorWarning, match="auto drives the temperature too low"):
+        resolve_config("maxentdp", overrides={"temperature": "auto", "logprob_rule": "rectangle"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BiasedEstimatorWarning)
+        resolve_config("maxentdp", overrides={"temperature": "auto"})  # cpu: Gauss-Legendre
+        resolve_config("maxentdp", preset="paper", env="Pendulum-v1")  # rectangle, fixed beta

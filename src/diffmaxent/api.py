@@ -30,7 +30,13 @@ from diffmaxent.config import (
 )
 from diffmaxent.envs import env_suite
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.errors import DamagedFileWarning, PresetSuiteWarning, TrainingStopped, UsageError
+from diffmaxent.errors import (
+    BiasedEstimatorWarning,
+    DamagedFileWarning,
+    PresetSuiteWarning,
+    TrainingStopped,
+    UsageError,
+)
 from diffmaxent.loops.bookkeeping import (
     GroupResult,
     ResolvedConfig,
@@ -85,6 +91,8 @@ def resolve_config(
     loop_config = replace_validated(
         spec.loop.config_cls(), {k: v for k, v in values.items() if k in loop_names}
     )
+    for message in spec.config_warnings(agent_config):
+        warnings.warn(message, BiasedEstimatorWarning, stacklevel=2)
     return ResolvedConfig(algo, env, preset, seed, steps, agent_config, loop_config)
 
 

@@ -24,6 +24,11 @@ class DamagedFileWarning(DiffmaxentWarning):
     """A damaged run file was skipped in favour of an older intact one."""
 
 
+class BiasedEstimatorWarning(DiffmaxentWarning):
+    """A setting that runs but learns from an estimate known to be biased (e.g. the automatic
+    temperature on the rectangle rule's log-probability)."""
+
+
 class InexactResumeWarning(DiffmaxentWarning):
     """A resumed run cannot continue exactly as the uninterrupted one (an env's state was not
     saved)."""

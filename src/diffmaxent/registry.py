@@ -20,7 +20,8 @@ from diffmaxent.loops import REPLAY, ROLLOUT, Loop
 @dataclasses.dataclass(frozen=True)
 class AlgoSpec:
     """One algorithm: its config class, ``make(config, env_spec)`` building its pure functions,
-    its presets and the loop that trains it."""
+    its presets, the loop that trains it, and ``config_warnings(config)``: one line for each
+    setting that runs but misleads (shown when a config is resolved)."""
 
     name: str
     description: str
@@ -28,6 +29,7 @@ class AlgoSpec:
     make: Callable[[Any, EnvSpec], Any]
     presets: Mapping[str, Preset]
     loop: Loop
+    config_warnings: Callable[[Any], list[str]] = lambda config: []
 
 
 ALGOS: dict[str, AlgoSpec] = {
@@ -48,6 +50,7 @@ ALGOS: dict[str, AlgoSpec] = {
             maxentdp.make,
             maxentdp.PRESETS,
             REPLAY,
+            maxentdp.config_warnings,
         ),
         AlgoSpec(
             "dime",
