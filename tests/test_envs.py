@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffmaxent.envs import make_env
-from diffmaxent.envs.multigoal import GOAL_POSITIONS
+from diffmaxent.envs.multigoal import GOAL_POSITIONS, goal_counts, plot_trajectories
 from diffmaxent.errors import UsageError
 
 
@@ -169,3 +169,14 @@ def test_goal_statistics_and_trajectory_figure(tmp_path):
     path = tmp_path / "t.png"
     plot_trajectories([np.array([[0.0, 0.0], [1.0, 0.5], [4.8, 0.1]])], str(path), "test")
     assert path.stat().st_size > 5000
+
+
+def test_multigoal_trajectory_figure_counts_the_episodes_ending_at_each_goal(tmp_path):
+    def path_to(end):
+        return np.linspace([0.0, 0.0], end, 6).astype(np.float32)
+
+    trajectories = [path_to([4.5, 0.0]), path_to([4.8, 0.3]), path_to([0.0, 4.6]), path_to([2, 2])]
+    assert goal_counts(trajectories) == [2, 0, 1, 0]  # the last one ends at no goal
+    figure = tmp_path / "trajectories.png"
+    plot_trajectories(trajectories, str(figure), "four episodes")
+    assert figure.stat().st_size > 0

@@ -173,29 +173,59 @@ def goal_statistics(last_infos: list[dict[str, Any]]) -> dict[str, float | None]
     return stats
 
 
+def goal_counts(trajectories: list[np.ndarray]) -> list[int]:
+    """Episodes ending at each goal (the env's rule: within ``GOAL_THRESHOLD`` of it), from
+    position trajectories (each ``[steps + 1, 2]``)."""
+    counts = [0] * len(GOAL_POSITIONS)
+    for trajectory in trajectories:
+        goal, distance = nearest_goal(np.asarray(trajectory[-1], np.float32))
+        if distance < GOAL_THRESHOLD:
+            counts[goal] += 1
+    return counts
+
+
 def plot_trajectories(trajectories: list[np.ndarray], path: str, title: str) -> None:
     """Draw position trajectories (each ``[steps + 1, 2]``) over the cost landscape, like Fig. 1
-    of the MaxEntDP paper: contours of the squared distance to the nearest goal, goals in red."""
+    of the MaxEntDP paper: contours of the squared distance to the nearest goal, the goals in
+    red with the number of episodes that ended at each in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x, y, cost = cost_grid(281)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 5.4), dpi=100)
     contours = ax.contour(x, y, cost, levels=15, cmap="viridis", linewidths=0.8)
     ax.clabel(contours, inline=True, fontsize=7, fmt="%.0f")
     for trajectory in trajectories:
         ax.plot(trajectory[:, 0], trajectory[:, 1], color="C0", alpha=0.6, linewidth=1.0)
-    ax.plot(
-        GOAL_POSITIONS[:, 0], GOAL_POSITIONS[:, 1], "o", color="red", markersize=8, label="goals"
-    )
+    markers = ["o", "s", "^", "v"]
+    for index, (goal, count) in enumerate(
+        zip(GOAL_POSITIONS, goal_counts(trajectories), strict=True)
+    ):
+        ax.plot(
+            goal[0],
+            goal[1],
+            markers[index],
+            color="red",
+            markersize=8,
+            label=f"goal ({goal[0]:g}, {goal[1]:g}): {count} of {len(trajectories)}",
+        )
     ax.set_xlim(-POSITION_LIMIT, POSITION_LIMIT)
     ax.set_ylim(-POSITION_LIMIT, POSITION_LIMIT)
     ax.set_aspect("equal")
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
+    ax.set_xlabel("x position")
+    ax.set_ylabel("y position")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=7, title="episodes ending at", title_fontsize=7)
+    fig.text(
+        0.5,
+        0.01,
+        "contours: squared distance to the nearest goal (the reward's position cost)",
+        ha="center",
+        fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
