@@ -397,6 +397,24 @@ def test_log_prob_estimator_with_exact_denoiser(std):
     assert abs(error.mean()) < 0.035, error.mean()
 
 
+@pytest.mark.parametrize("std", [1.0, 0.3, 0.05])
+def test_log_prob_estimate_is_right_per_action(std):
+    """Each action's estimate, not only the mean over actions: with 128 samples per level every
+    action's estimate lies near its exact log-density (measured: 99% of actions within 0.16-0.19
+    nats per dim) and the estimates follow the exact values across actions (correlation 0.994;
+    the same estimates shuffled across actions, which keep the mean: 0.07)."""
+    mean = jnp.array([0.2, -0.3])
+    eps_fn = gaussian_eps_fn(mean, std)
+    actions = mean + std * jax.random.normal(jax.random.key(5), (512, 2))
+    exact = np.asarray(gaussian_log_prob(actions, mean, std))
+    estimate = jax.jit(
+        functools.partial(log_prob, eps_fn, num_levels=12, num_samples=128, control_variate=True)
+    )(jax.random.key(6), actions)
+    error = (np.asarray(estimate) - exact) / 2  # per dimension
+    assert np.percentile(np.abs(error), 99) < 0.3, np.percentile(np.abs(error), 99)
+    assert np.corrcoef(np.asarray(estimate), exact)[0, 1] > 0.98
+
+
 def test_paper_rectangle_rule_is_biased_for_narrow_policies():
     std, mean = 0.05, jnp.array([0.2, -0.3])
     eps_fn = gaussian_eps_fn(mean, std)
