@@ -431,3 +431,42 @@ def test_temperature_target_direction(target, per_dim, rises):
         state, buffer.sample(np.random.default_rng(0), 32, 3), jax.random.PRNGKey(1)
     )
     assert (float(metrics["temperature"]) > 1.0) == rises
+
+
+@pytest.mark.parametrize("q_reduce", ["mean", "min"])
+def test_distributional_target_on_hand_computed_transitions(q_reduce):
+    """The soft distributional target r + gamma (1 - terminated) (z - alpha cost) on a support
+    of 5 atoms {-2, -1, 0, 1, 2}, with critics whose output ignores the input (zero last kernel):
+    critic 0 puts its mass on z = 1, critic 1 on z = -1. With r = 0.5, gamma = 0.5, alpha = 1:
+    cost 0 moves critic 0's mass to 1.0 and critic 1's to 0.0; cost 1 moves them to 0.5 and
+    -0.5 (each split evenly between neighbours); a terminal transition puts it at r = 0.5.
+    ``mean`` averages the critics' projections; ``min`` takes the critic with the lower
+    expected next value (critic 1)."""
+    critic = CrossQCritic(1, 1, hidden_dims=(4,), num_critics=2, num_atoms=5, v_min=-2,
+                          v_max=2, entropy_coef=0.0, q_reduce=q_reduce)  # fmt: skip
+    params, stats = critic.init(jax.random.PRNGKey(0))
+    logits = np.array([[0.0, 0.0, 0.0, 30.0, 0.0], [0.0, 30.0, 0.0, 0.0, 0.0]], np.float32)
+    last = params["critics"]["Dense_1"]
+    params["critics"]["Dense_1"] = {"kernel": jnp.zeros_like(last["kernel"]), "bias": logits}
+    batch = Batch(
+        obs=np.zeros((3, 1), np.float32),
+        action=np.zeros((3, 1), np.float32),
+        reward=np.full(3, 0.5, np.float32),
+        next_obs=np.zeros((3, 1), np.float32),
+        terminated=np.array([0.0, 0.0, 1.0], np.float32),
+        truncated=np.zeros(3, np.float32),
+    )
+    cost = jnp.array([0.0, 1.0, 0.0])
+    loss, (_, metrics) = critic.loss(params, stats, batch, jnp.zeros((3, 1)), cost, 1.0, 0.5)
+    by_critic = {  # each critic's projected next distribution, per transition
+        0: [[0, 0, 0, 1, 0], [0, 0, 0.5, 0.5, 0], [0, 0, 0.5, 0.5, 0]],
+        1: [[0, 0, 1, 0, 0], [0, 0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5, 0]],
+    }
+    if q_reduce == "mean":
+        target = (np.array(by_critic[0]) + np.array(by_critic[1])) / 2
+    else:
+        target = np.array(by_critic[1])
+    log_p = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))  # [critics, atoms]
+    expected = sum(np.mean(-np.sum(target * log_p[c], axis=-1)) for c in range(2))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["next_q_mean"]) == pytest.approx(0.0, abs=1e-6)  # (1 + -1) / 2
