@@ -470,3 +470,31 @@ def test_distributional_target_on_hand_computed_transitions(q_reduce):
     expected = sum(np.mean(-np.sum(target * log_p[c], axis=-1)) for c in range(2))
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(metrics["next_q_mean"]) == pytest.approx(0.0, abs=1e-6)  # (1 + -1) / 2
+
+
+def test_batch_renorm_statistics_come_from_the_joint_batch_of_s_and_s_next():
+    """CrossQ evaluates (s, a) and (s', a') as one batch: the first layer's running statistics
+    move towards the joint batch's mean and (population) variance, not the s half's. Here every
+    s is 1 and every a 0, every s' is 5 and every a' 2: joint means (3, 1), variances (4, 1); the
+    s half alone would give means (1, 0) and variances 0."""
+    critic = CrossQCritic(1, 1, hidden_dims=(4,), num_critics=2, num_atoms=5, v_min=-2, v_max=2)
+    params, stats = critic.init(jax.random.PRNGKey(0))
+    size = 4
+    batch = Batch(
+        obs=np.ones((size, 1), np.float32),
+        action=np.zeros((size, 1), np.float32),
+        reward=np.zeros(size, np.float32),
+        next_obs=np.full((size, 1), 5.0, np.float32),
+        terminated=np.zeros(size, np.float32),
+        truncated=np.zeros(size, np.float32),
+    )
+    next_action, cost = jnp.full((size, 1), 2.0), jnp.zeros(size)
+    _, (moved, _) = critic.loss(params, stats, batch, next_action, cost, 1.0, 0.99)
+    first = moved["critics"]["BatchRenorm_0"]
+    momentum = critic.momentum  # running <- momentum * running + (1 - momentum) * batch
+    for member in range(critic.num_critics):
+        np.testing.assert_allclose(first["mean"][member], (1 - momentum) * np.array([3.0, 1.0]),
+                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            first["var"][member], momentum * 1.0 + (1 - momentum) * np.array([4.0, 1.0]), rtol=1e-5
+        )
