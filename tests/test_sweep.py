@@ -60,7 +60,7 @@ def test_random_search_draws_the_same_trials_every_time():
         ("algo: sac\nenv: Pendulum-v1\nsteps: 10\ngrid: {nope: [1, 2]}\n",
          "unknown hyperparameter 'nope' for sac"),
         ("algo: sac\nenv: Pendulum-v1\nsteps: 10\ngrid: {tau: [0.01, -1]}\n", "tau"),
-        ("algo: sac\nenv: Pendulum-v1\nsteps: 10\nseeds: [0, 0]\n", "repeat"),
+        ("algo: sac\nenv: Pendulum-v1\nsteps: 10\nseeds: [0, 0]\n", "seed 0 is given twice"),
         ("algo: sac\nenv: Pendulum-v1\nsteps: -3\n", "steps must be a positive integer"),
         ("algo: sac\nenv: [Pendulum-v1\n", "is not valid YAML"),
         ("- just\n- a list\n", "must be a mapping"),

@@ -175,10 +175,15 @@ def parse_seeds(text: str) -> list[int]:
         if last < first:
             raise UsageError(f"--seeds: the range {part.strip()!r} is empty")
         seeds.extend(range(first, last + 1))
-    return _check_seeds(seeds)
+    return check_seeds(seeds)
 
 
-def _check_seeds(seeds: Any) -> list[int]:
+def check_seeds(seeds: Any) -> list[int]:
+    """``seeds`` as a list of distinct integers >= 0.
+
+    Raises:
+        UsageError: not a non-empty list of them.
+    """
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
         raise UsageError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     checked = [_check_int("seed", seed, 0) for seed in seeds]
@@ -274,7 +279,7 @@ def train(
         )
     steps = DEFAULT_STEPS if steps is None else steps
     if seeds is not None:
-        seed_list = _check_seeds(seeds)
+        seed_list = check_seeds(seeds)
         if seed != 0:
             raise UsageError("give seed or seeds, not both")
     config = resolve_config(algo, env, steps=steps, seed=seed, preset=preset, overrides=overrides)
@@ -417,7 +422,7 @@ def _resume_group(
                 )
         done = [config.steps for config, _ in recorded]
         total = _check_int("steps", steps, 1) if steps is not None else max(done)
-        if total <= min(done) and all(_is_complete(member) for member in members):
+        if total <= min(done) and all(runs.is_complete(member) for member in members):
             raise UsageError(
                 f"group {str(group_dir)!r} is complete ({min(done)} steps); pass --steps with a "
                 "larger total to train it longer"
@@ -442,13 +447,6 @@ def _resume_group(
         return GroupResult(group_dir, _run(spec, setups, agent))
 
 
-def _is_complete(run_dir: Path) -> bool:
-    try:
-        return runs.read_json(run_dir / runs.STATUS_FILE).get("status") == "complete"
-    except runs.DamagedFileError:
-        return False
-
-
 def _resumed_config(run_dir: Path, steps: int | None) -> tuple[ResolvedConfig, EnvSpec]:
     """The run's config with ``steps`` as its new total; refuses a complete run that would not
     train longer."""
@@ -456,7 +454,7 @@ def _resumed_config(run_dir: Path, steps: int | None) -> tuple[ResolvedConfig, E
     done = config.steps
     if steps is not None:
         config = dataclasses.replace(config, steps=_check_int("steps", steps, 1))
-    if _is_complete(run_dir) and config.steps <= done:
+    if runs.is_complete(run_dir) and config.steps <= done:
         raise UsageError(
             f"run {str(run_dir)!r} is complete ({done} steps); pass --steps with a larger "
             "total to train it longer"

@@ -171,6 +171,14 @@ def group_runs(group_dir: Path) -> list[Path]:
     return [Path(group_dir) / seed_run_name(seed) for seed in seeds]
 
 
+def is_complete(run_dir: Path) -> bool:
+    """Whether the run's ``status.json`` says ``complete`` (a damaged one does not)."""
+    try:
+        return read_json(Path(run_dir) / STATUS_FILE).get("status") == "complete"
+    except DamagedFileError:
+        return False
+
+
 def holds_group(directory: Path) -> bool:
     return (Path(directory) / GROUP_FILE).exists()
 

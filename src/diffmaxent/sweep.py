@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from diffmaxent import api, runs
+from diffmaxent import api, checkpoint, runs
+from diffmaxent.envs import make_env
 from diffmaxent.errors import UsageError
 
 SWEEP_FILE = "sweep.json"
@@ -152,18 +153,7 @@ def _names(value: Any, key: str) -> list[str]:
 def _seeds(value: Any) -> list[int]:
     if isinstance(value, str):
         return api.parse_seeds(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list):
-        raise UsageError(f"seeds must be a list of integers or a range like 0-4, got {value!r}")
-    checked = []
-    for seed in value:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UsageError(f"seeds must be integers >= 0, got {seed!r}")
-        checked.append(seed)
-    if len(set(checked)) != len(checked):
-        raise UsageError(f"seeds repeat a seed: {value!r}")
-    return checked
+    return api.check_seeds([value] if isinstance(value, int) else value)
 
 
 def _grid(grid: Any) -> list[dict[str, Any]]:
@@ -248,8 +238,7 @@ def _short(value: Any) -> str:
 
 
 def _check_env(env: str) -> None:
-    probe = api.resolve_config("sac", env).make_env(0)  # any algo: only the env is made
-    probe.close()
+    make_env(env, seed=0).close()
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -295,7 +284,7 @@ def run_sweep(
 
     pending, skipped = [], []
     for trial in trials:
-        (skipped if _is_complete(sweep_dir / trial.name) else pending).append(trial)
+        (skipped if runs.is_complete(sweep_dir / trial.name) else pending).append(trial)
     result = SweepResult(sweep_dir, [], [trial.name for trial in skipped], {})
     if not pending:
         return result
@@ -366,7 +355,7 @@ def _trial_function(tune: Any, sweep_dir: str, trials: dict[int, dict[str, Any]]
 
 
 def _train_or_resume(trial: Trial, run_dir: Path) -> Any:
-    if runs.holds_run(run_dir) and _has_checkpoint(run_dir):
+    if runs.holds_run(run_dir) and checkpoint.list_checkpoints(run_dir / runs.CHECKPOINT_DIR):
         return api.train(resume=run_dir, steps=trial.steps, progress=False)
     return api.train(
         trial.algo,
@@ -379,18 +368,6 @@ def _train_or_resume(trial: Trial, run_dir: Path) -> Any:
         force=True,  # a run killed before its first checkpoint starts again
         progress=False,
     )
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    checkpoints = run_dir / runs.CHECKPOINT_DIR
-    return checkpoints.is_dir() and any(checkpoints.glob("step_*[0-9]"))
-
-
-def _is_complete(run_dir: Path) -> bool:
-    try:
-        return runs.read_json(run_dir / runs.STATUS_FILE).get("status") == "complete"
-    except runs.DamagedFileError:
-        return False
 
 
 def _claim(sweep_dir: Path, record: dict[str, Any]) -> None:

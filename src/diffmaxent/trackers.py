@@ -18,7 +18,7 @@ from typing import Any
 from tensorboardX import SummaryWriter
 
 from diffmaxent.errors import UsageError
-from diffmaxent.runs import WANDB_ID_FILE
+from diffmaxent.runs import WANDB_ID_FILE, write_text
 
 _EVAL_COLUMNS = {"eval_return_mean": "eval/return_mean", "eval_return_std": "eval/return_std"}
 _TRAIN_COLUMNS = {"train_episode_return": "train/episode_return", "updates": "train/updates"}
@@ -89,7 +89,7 @@ class WandbRun:
             run_id = id_file.read_text().strip()
         else:
             run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
-            id_file.write_text(run_id + "\n")
+            write_text(id_file, run_id + "\n")
         self.run = wandb.init(
             project="diffmaxent",
             name=Path(run_dir).name if group is None else f"{group}/{Path(run_dir).name}",

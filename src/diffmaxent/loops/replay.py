@@ -81,12 +81,13 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
     env_spec = setups[0].env_spec
     seeds = SeedAxis(agent, len(setups), setups[0].seed_batching)
     keys, state = seeds.start([setup.config.seed for setup in setups])
-    any_key = jax.random.PRNGKey(0)
-    template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints
+    template = seeds.member_shapes(state)  # one seed's state, for checkpoints
     example = zeros_batch(
         env_spec.obs_dim, env_spec.action_dim, loop.batch_size, loop.updates_per_step
     )
-    metric_names = sorted(jax.eval_shape(agent.update, template, example, any_key)[1])
+    metric_names = sorted(
+        jax.eval_shape(agent.update, template, example, seeds.member_shapes(keys))[1]
+    )
 
     def restore_buffer(setup: RunSetup, env_step: int) -> ReplayBuffer:
         try:

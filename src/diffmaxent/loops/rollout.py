@@ -199,14 +199,15 @@ def run(setups: Sequence[RunSetup], agent: OnPolicyAgent) -> list[TrainResult]:
     loop = config.loop
     seeds = SeedAxis(agent, len(setups), setups[0].seed_batching)
     keys, state = seeds.start([setup.config.seed for setup in setups])
-    any_key = jax.random.PRNGKey(0)
-    template = jax.eval_shape(agent.init, any_key)  # one seed's state, for checkpoints
+    template = seeds.member_shapes(state)  # one seed's state, for checkpoints
     steps_per_rollout = loop.num_envs * loop.rollout_steps
     iterations = -(-config.steps // steps_per_rollout)
     example = example_rollout(
         agent, template, setups[0].env_spec.obs_dim, loop.rollout_steps, loop.num_envs
     )
-    metric_names = sorted(jax.eval_shape(agent.update, template, example, any_key)[1])
+    metric_names = sorted(
+        jax.eval_shape(agent.update, template, example, seeds.member_shapes(keys))[1]
+    )
     resumes = find_resume_points(setups, template) if setups[0].resume else None
     recorders = SeedRecorders(
         setups, metric_names, iterations * steps_per_rollout, resumes, seeds.member

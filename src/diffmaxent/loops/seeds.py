@@ -90,6 +90,13 @@ class SeedAxis:
             return state
         return self._member(state, index)
 
+    def member_shapes(self, state: Any) -> Any:
+        """One seed's part of a packed state without computing it: the state itself for one
+        seed, else its shapes and dtypes (a template for checkpoints and tracing)."""
+        if self.size == 1:
+            return state
+        return jax.eval_shape(lambda packed: self.member(packed, 0), state)
+
     def stack(self, states: Sequence[Any]) -> Any:
         """Per-seed agent states (or keys) -> one packed state on the device."""
         if self.size == 1:
