@@ -71,6 +71,7 @@ CASES = [
     ("Hopper-v5", 1, 150, 150),
     ("Ant-v5", 1, 980, 60),
     ("Humanoid-v5", 1, 100, 100),
+    ("paper/Ant-v3", 1, 980, 60),
     ("dmc:cartpole-balance", 1, 980, 60),
     ("dmc:reacher-easy", 1, 980, 60),
     ("dmc:cheetah-run", 2, 480, 60),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffmaxent.api import resolve_config
 from diffmaxent.envs import make_env
+from diffmaxent.envs.factory import SAME_AS_PAPER_ENV, paper_env_id, paper_env_warning
 from diffmaxent.envs.multigoal import GOAL_POSITIONS, goal_counts, plot_trajectories
 from diffmaxent.errors import UsageError
+from diffmaxent.registry import get_algo
 
 
 def test_pendulum_spaces_dtype_and_rescaling():
@@ -180,3 +183,133 @@ def test_multigoal_trajectory_figure_counts_the_episodes_ending_at_each_goal(tmp
     figure = tmp_path / "trajectories.png"
     plot_trajectories(trajectories, str(figure), "four episodes")
     assert figure.stat().st_size > 0
+
+
+# --- The papers' Gym MuJoCo envs (docs/envs.md) -----------------------------------------------
+
+# task -> (obs_dim, action_dim) of Gym v3, the inputs the papers' networks had
+PAPER_SIZES = {
+    "Ant": (111, 8),
+    "HalfCheetah": (17, 6),
+    "Hopper": (11, 3),
+    "Humanoid": (376, 17),
+    "Swimmer": (8, 2),
+    "Walker2d": (17, 6),
+}
+CONTACT_FORCES = 84  # cfrc_ext: 14 bodies x 6, the last numbers of Ant's and Humanoid's v3 obs
+
+
+def paper_and_other(task_env_id, other_id, steps=200, seed=3):
+    """Step the paper env of a task and ``other_id`` from the same seed with the same actions,
+    to the first episode end: per env, the observations (reset's first), rewards, terminations
+    and infos."""
+    runs = []
+    for env_id in (paper_env_id(task_env_id), other_id):
+        env = make_env(env_id, seed=seed)
+        try:
+            first, _ = env.reset()
+            rng = np.random.default_rng(seed)
+            observations, rewards, ends, infos = [first], [], [], []
+            for _ in range(steps):
+                obs, reward, terminated, truncated, info = env.step(
+                    rng.uniform(-1, 1, env.env_spec.action_dim).astype(np.float32)
+                )
+                observations.append(obs)
+                rewards.append(reward)
+                ends.append(terminated)
+                infos.append(info)
+                if terminated or truncated:
+                    break
+        finally:
+            env.close()
+        runs.append((np.stack(observations), np.array(rewards), ends, infos))
+    return runs
+
+
+@pytest.mark.parametrize("task", list(PAPER_SIZES))
+def test_paper_envs_have_v3_sizes_and_time_limit(task):
+    env = make_env(paper_env_id(task), seed=0)
+    try:
+        assert (env.env_spec.obs_dim, env.env_spec.action_dim) == PAPER_SIZES[task]
+        assert env.spec.max_episode_steps == 1000
+        env.reset()
+        obs, reward, *_ = env.step(env.action_space.sample())
+        assert obs.shape == (PAPER_SIZES[task][0],) and np.isfinite(reward)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("env_id", sorted(SAME_AS_PAPER_ENV))
+def test_ids_said_to_match_the_paper_env_step_exactly_like_it(env_id):
+    (paper_obs, paper_rewards, paper_ends, _), (obs, rewards, ends, _) = paper_and_other(
+        env_id, env_id
+    )
+    np.testing.assert_array_equal(paper_obs, obs)
+    np.testing.assert_array_equal(paper_rewards, rewards)
+    assert paper_ends == ends
+    assert paper_env_warning(env_id) is None
+
+
+@pytest.mark.parametrize(("task", "v4_obs_dim"), [("Ant", 27), ("Humanoid", 376)])
+def test_paper_ant_and_humanoid_are_v4_with_zero_contact_forces(task, v4_obs_dim):
+    """The same states and rewards as v4; where v3 observed cfrc_ext (zeros under mujoco-py),
+    paper/Ant-v3 observes zeros and Ant-v4 nothing, paper/Humanoid-v3 zeros and Humanoid-v4 the
+    forces."""
+    (paper_obs, paper_rewards, _, _), (obs, rewards, _, _) = paper_and_other(task, f"{task}-v4")
+    live = PAPER_SIZES[task][0] - CONTACT_FORCES
+    assert obs.shape[1] == v4_obs_dim
+    np.testing.assert_array_equal(paper_obs[:, :live], obs[:, :live])
+    np.testing.assert_array_equal(paper_rewards, rewards)
+    assert not paper_obs[:, live:].any()
+    if task == "Humanoid":
+        assert obs[:, live:].any()  # Gymnasium's step computes the forces that v3's did not
+
+
+@pytest.mark.parametrize(("task", "healthy_reward"), [("Ant", 1.0), ("Humanoid", 5.0)])
+def test_paper_ant_and_humanoid_rewards_leave_out_v5s_contact_cost(task, healthy_reward):
+    """Same actions, same states: the paper reward is v5's plus v5's contact cost, plus the
+    healthy reward on a terminating step (v5 pays it only while healthy)."""
+    (_, paper_rewards, paper_ends, _), (_, rewards, ends, infos) = paper_and_other(
+        task, f"{task}-v5", steps=300
+    )
+    assert paper_ends == ends
+    contact_cost = -np.array([info["reward_contact"] for info in infos])
+    terminal_bonus = healthy_reward * np.array(ends, dtype=float)
+    np.testing.assert_allclose(paper_rewards, rewards + contact_cost + terminal_bonus, atol=1e-9)
+    assert contact_cost.max() > 0  # v5's cost is not zero on these steps, so the test can fail
+
+
+def test_paper_envs_pay_the_healthy_reward_on_the_step_that_ends_the_episode():
+    """v3 (and v4) pay Hopper's healthy reward on every step, the falling one too; v5 only while
+    healthy: the same episode differs by exactly that reward, on its last step."""
+    (paper_obs, paper_rewards, paper_ends, _), (obs, rewards, ends, infos) = paper_and_other(
+        "Hopper", "Hopper-v5"
+    )
+    assert paper_ends[-1] and ends[-1] and len(ends) < 200  # random actions topple the hopper
+    np.testing.assert_array_equal(paper_obs, obs)
+    assert infos[-1]["reward_survive"] == 0.0
+    np.testing.assert_allclose(paper_rewards - rewards, [0.0] * (len(ends) - 1) + [1.0])
+
+
+def test_paper_env_id_and_warning_name_the_paper_env():
+    assert paper_env_id("Ant") == paper_env_id("Ant-v5") == "paper/Ant-v3"
+    assert paper_env_id("paper/Walker2d-v3") == "paper/Walker2d-v3"
+    for env_id in ("Ant-v5", "Ant-v4", "Humanoid-v5", "Hopper-v5", "Walker2d-v5"):
+        assert paper_env_id(env_id) in paper_env_warning(env_id)
+    for env_id in ("paper/Ant-v3", "Pendulum-v1", "dmc:cheetah-run", "MultiGoal-v0"):
+        assert paper_env_warning(env_id) is None
+    for not_gym_mujoco in ("dmc:cheetah-run", "Pendulum-v1"):
+        with pytest.raises(UsageError, match="Ant, HalfCheetah"):
+            paper_env_id(not_gym_mujoco)
+
+
+def test_v3_ids_are_refused_with_the_paper_env_named():
+    with pytest.raises(UsageError, match=r"use paper/Ant-v3"):
+        make_env("Ant-v3")
+
+
+def test_paper_presets_set_their_per_task_values_on_paper_ids():
+    config = resolve_config("maxentdp", "paper/Humanoid-v3", preset="paper")
+    paper = get_algo("maxentdp").presets["paper"]
+    assert config.agent.temperature == paper.per_task["Humanoid"]["temperature"]
+    assert config.agent.temperature != resolve_config("maxentdp", "Pendulum-v1").agent.temperature

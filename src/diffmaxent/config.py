@@ -202,9 +202,10 @@ def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, str
 
 
 def task_of(env_id: str) -> str:
-    """The task an env id names, without its version: ``HalfCheetah-v5`` -> ``HalfCheetah``,
-    ``MultiGoal-v0`` -> ``MultiGoal``, ``dmc:cheetah-run`` -> ``dmc:cheetah-run``."""
-    return re.sub(r"-v\d+$", "", env_id)
+    """The task an env id names, without its Gymnasium namespace and version: ``HalfCheetah-v5``
+    and ``paper/HalfCheetah-v3`` -> ``HalfCheetah``, ``MultiGoal-v0`` -> ``MultiGoal``,
+    ``dmc:cheetah-run`` -> ``dmc:cheetah-run``."""
+    return re.sub(r"-v\d+$", "", env_id.rpartition("/")[2])
 
 
 @dataclasses.dataclass(frozen=True)

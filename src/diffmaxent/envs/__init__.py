@@ -1,5 +1,6 @@
 """Environments: :func:`make_env` for Gymnasium, DeepMind Control (``dmc:``) and MyoSuite
-(``myo:``) ids, and the bundled ``MultiGoal-v0``."""
+(``myo:``) ids, the bundled ``MultiGoal-v0``, and the Gym MuJoCo tasks as the papers ran them
+(:func:`paper_env_id`: ``paper/Ant-v3``)."""
 
 import dataclasses
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from diffmaxent.envs.factory import (
     env_spec,
     env_suite,
     make_env,
+    paper_env_id,
+    paper_env_warning,
 )
 from diffmaxent.envs.multigoal import (
     GOAL_POSITIONS,
@@ -79,5 +82,7 @@ __all__ = [
     "env_spec",
     "env_suite",
     "make_env",
+    "paper_env_id",
+    "paper_env_warning",
     "success_rate",
 ]

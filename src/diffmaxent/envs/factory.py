@@ -3,7 +3,9 @@ flat float32 vectors and whose actions live in [-1, 1]^|A|, with ``terminated`` 
 kept apart so that agents bootstrap through time limits.
 
 Three suites share it: Gymnasium ids (``HalfCheetah-v5``), DeepMind Control (``dmc:dog-run``, see
-:mod:`diffmaxent.envs.dmc`) and MyoSuite (``myo:myoHandReorient8-v0``).
+:mod:`diffmaxent.envs.dmc`) and MyoSuite (``myo:myoHandReorient8-v0``). :func:`paper_env_id` names
+the env closest to what the MaxEntDP and DIME papers trained on for each Gym MuJoCo task
+(``paper/Ant-v3``, see :mod:`diffmaxent.envs.paper_mujoco` and docs/envs.md).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from diffmaxent.config import task_of
 from diffmaxent.envs import multigoal  # noqa: F401  (registers MultiGoal-v0)
 from diffmaxent.envs.dmc import DMC_PREFIX, DMCEnv, parse_dmc_id
+from diffmaxent.envs.paper_mujoco import PAPER_ENVS, paper_id  # registers paper/<Task>-v3
 from diffmaxent.errors import UsageError
 
 
@@ -154,6 +158,44 @@ def env_suite(env_id: str) -> str:
     return "gym"
 
 
+# Gymnasium ids whose observations and rewards equal the paper env's, step for step from the same
+# seed (tests/test_envs.py): v4 of the four tasks without contact forces, and v5 of the two
+# without a healthy reward.
+SAME_AS_PAPER_ENV = frozenset(
+    {"HalfCheetah-v4", "HalfCheetah-v5", "Hopper-v4", "Swimmer-v4", "Swimmer-v5", "Walker2d-v4"}
+)
+
+
+def paper_env_id(task: str) -> str:
+    """The env closest to what the MaxEntDP and DIME papers trained on (Gym v3 on mujoco-py) for
+    one of the six Gym MuJoCo tasks: ``paper_env_id("Ant")`` and ``paper_env_id("Ant-v5")`` give
+    ``"paper/Ant-v3"``.
+
+    Raises:
+        UsageError: for a task the papers did not run on Gym MuJoCo.
+    """
+    name = task_of(task)
+    if name not in PAPER_ENVS:
+        raise UsageError(
+            f"no paper env for {task!r}; the papers' Gym MuJoCo tasks are {', '.join(PAPER_ENVS)}"
+        )
+    return paper_id(name)
+
+
+def paper_env_warning(env_id: str) -> str | None:
+    """What to tell a user who trains a preset with the papers' Gym settings on ``env_id``: None
+    when ``env_id`` is not one of the six tasks or steps exactly like the paper env, else a
+    sentence naming the paper env."""
+    name = task_of(env_id)
+    if name not in PAPER_ENVS or env_id in SAME_AS_PAPER_ENV or env_id == paper_id(name):
+        return None
+    return (
+        f"the papers' {name} numbers come from Gym's {name}-v3 on mujoco-py, whose observations "
+        f"or rewards differ from {env_id}'s; the closest env here is {paper_id(name)} "
+        "(docs/envs.md)"
+    )
+
+
 def choose_offscreen_gl() -> str | None:
     """Pick MuJoCo's offscreen OpenGL backend when none is set and there is no display: EGL
     (Mesa's software renderer works without a GPU), else OSMesa. Must run before dm_control or
@@ -273,10 +315,13 @@ def _make_gym(name: str, env_id: str, render_mode: str | None, kwargs: dict) -> 
         if render_mode is not None and isinstance(error, TypeError) and "render_mode" in str(error):
             raise UsageError(f"{env_id} cannot render frames (it has no render_mode)") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = (
-            "use a registered MyoSuite id such as myo:myoHandReorient8-v0"
-            if env_id.startswith(MYO_PREFIX)
-            else "use a registered Gymnasium id such as Pendulum-v1 or MultiGoal-v0, "
-            "'module:EnvName-v0', dmc:DOMAIN-TASK or myo:ENV_ID"
-        )
+        if env_id.startswith(MYO_PREFIX):
+            hint = "use a registered MyoSuite id such as myo:myoHandReorient8-v0"
+        elif task_of(env_id) in PAPER_ENVS:
+            hint = f"use {paper_id(task_of(env_id))}: Gym v3 as the papers ran it, on this MuJoCo"
+        else:
+            hint = (
+                "use a registered Gymnasium id such as Pendulum-v1 or MultiGoal-v0, "
+                "'module:EnvName-v0', dmc:DOMAIN-TASK or myo:ENV_ID"
+            )
         raise UsageError(f"unknown or unusable env id {env_id!r}: {reason} ({hint})") from None

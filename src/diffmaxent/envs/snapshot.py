@@ -13,7 +13,8 @@ captured one (fresh or already reset: everything is overwritten). What is saved:
 * ``Pendulum-v1``: ``state`` and ``last_u``; ``MountainCarContinuous-v0``: ``state``.
 * ``MultiGoal-v0``: the position and the drawn path.
 * Gymnasium MuJoCo envs (v4 and v5 of Ant, HalfCheetah, Hopper, Humanoid, HumanoidStandup,
-  InvertedPendulum, InvertedDoublePendulum, Pusher, Reacher, Swimmer, Walker2d): the MjData, i.e.
+  InvertedPendulum, InvertedDoublePendulum, Pusher, Reacher, Swimmer, Walker2d, and the
+  ``paper/`` ids of :mod:`~diffmaxent.envs.paper_mujoco`): the MjData, i.e.
   ``mj_getState(mjSTATE_INTEGRATION)`` (time, qpos, qvel, act, solver warm start, controls,
   applied forces, mocap, user and plugin state) plus every MjData array whose shape the model
   fixes. The derived arrays are saved, not recomputed:
@@ -92,7 +93,7 @@ _GYM_MUJOCO_MODULES = frozenset(
         "walker2d",
     )
     for version in (4, 5)
-)
+) | {"diffmaxent.envs.paper_mujoco"}
 
 # Every dm_control 1.0.50 suite task but lqr, with the Python attributes it sets per episode.
 _DMC_TASK_ATTRIBUTES: dict[str, tuple[str, ...]] = {
