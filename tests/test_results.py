@@ -11,12 +11,15 @@ import json
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from diffmaxent import results, runs, stats
 from diffmaxent.cli import main
+from diffmaxent.envs.multigoal import GOAL_POSITIONS, goal_statistics
+from diffmaxent.envs.multigoal import plot_trajectories as plot_multigoal
 
 
 def _run(root: Path, algo: str, seed: int, returns: list[float], env: str = "Pendulum-v1",
@@ -122,12 +125,55 @@ def test_plot_writes_the_figures(made, tmp_path, capsys):
     assert main(["plot", str(made), "--out", str(figure), "--x", "time"]) == 0
     assert "6 runs; figure" in capsys.readouterr().out
     assert matplotlib.image.imread(figure).ndim == 3
-    # Trajectory panels: one per run that has trajectories.png.
-    for run_dir in [made / "a-Pendulum-v1-0", made / "a-Pendulum-v1-1"]:
-        matplotlib.image.imsave(run_dir / "trajectories.png", np.zeros((8, 8, 3)))
-    panels = tmp_path / "panels.png"
-    assert main(["plot", str(made), "--trajectories", "--out", str(panels)]) == 0
-    assert matplotlib.image.imread(panels).shape[1] > matplotlib.image.imread(panels).shape[0]
+
+
+def _multigoal_run(root: Path, algo: str, seed: int, ends: list[int]) -> Path:
+    """A MultiGoal-v0 run whose sampled episodes go straight from the start to the goals
+    ``ends`` (one episode each; -1: an episode that stops short of every goal), with the
+    ``trajectories.png`` and ``summary.json`` training writes."""
+    run_dir = _run(root, algo, seed, [-300.0, -200.0, -150.0], env="MultiGoal-v0")
+    last_infos = [{"goal": goal} for goal in ends]
+    stops = [GOAL_POSITIONS[goal] if goal >= 0 else np.array([2.0, 2.0]) for goal in ends]
+    trajectories = [np.linspace(np.zeros(2), stop, 8) for stop in stops]
+    plot_multigoal(trajectories, str(run_dir / results.TRAJECTORIES_FILE), f"{algo} {seed}")
+    summary = {"stochastic_episodes": {"episodes": len(ends), **goal_statistics(last_infos)}}
+    (run_dir / runs.SUMMARY_FILE).write_text(json.dumps(summary))
+    return run_dir
+
+
+def test_trajectory_figure_has_a_column_per_algorithm_and_a_panel_per_run(tmp_path, capsys):
+    # The Fig. 1 comparison: maxentdp on all four goals, sac on one, dime with two seeds.
+    _multigoal_run(tmp_path / "mdp", "maxentdp", 0, [0, 0, 1, 2, 3, 3, -1])
+    sac_run = _multigoal_run(tmp_path / "sac", "sac", 0, [2, 2, 2])
+    for seed in (1, 0):
+        _multigoal_run(tmp_path / "dime", "dime", seed, [seed, 3])
+    _run(tmp_path / "dime", "dime", 5, [1.0, 2.0, 3.0], env="MultiGoal-v0")  # no trajectories
+
+    records = results.find_runs([tmp_path / "mdp", tmp_path / "dime", tmp_path / "sac"])
+    figure = results.trajectory_figure(records)
+    axes = np.array(figure.axes).reshape(2, 3)  # a row per seed, a column per algorithm
+    titles = [[axis.get_title() for axis in row] for row in axes]
+    assert titles == [
+        [
+            "maxentdp, seed 0\nepisodes at +x: 2, -x: 1, +y: 1, -y: 2 (of 7)",
+            "dime, seed 0\nepisodes at +x: 1, -x: 0, +y: 0, -y: 1 (of 2)",
+            "sac, seed 0\nepisodes at +x: 0, -x: 0, +y: 3, -y: 0 (of 3)",
+        ],
+        ["", "dime, seed 1\nepisodes at +x: 0, -x: 1, +y: 0, -y: 1 (of 2)", ""],
+    ]
+    assert [len(axis.get_images()) for axis in axes.flat] == [1, 1, 1, 0, 1, 0]
+    matplotlib.pyplot.close(figure)
+
+    panels = tmp_path / "fig1.png"
+    argv = ["plot", str(tmp_path / "mdp"), str(tmp_path / "dime"), str(tmp_path / "sac")]
+    assert main([*argv, "--trajectories", "--out", str(panels)]) == 0
+    assert "5 runs; figure" in capsys.readouterr().out
+    height, width, _ = matplotlib.image.imread(panels).shape
+    assert width > height  # three columns, two rows
+
+    (sac_run / runs.SUMMARY_FILE).write_text(json.dumps({"eval_return_mean": -150.0}))
+    assert main([*argv, "--trajectories", "--out", str(tmp_path / "no-counts.png")]) == 2
+    assert "holds no goal counts" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

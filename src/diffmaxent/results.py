@@ -187,7 +187,7 @@ def format_comparison(table: Sequence[Comparison], fmt: str) -> str:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLUMNS)
         for row in table:
-            steps = _steps(row.env_steps)
+            steps = format_steps(row.env_steps)
             writer.writerow([row.env, row.algo, row.seeds, steps, *_numbers(row)])
         return out.getvalue()
     if fmt != "markdown":
@@ -202,7 +202,7 @@ def format_comparison(table: Sequence[Comparison], fmt: str) -> str:
         ]
         for row in (row for row in table if row.env == env):
             lines.append(
-                f"| {row.algo} | {row.seeds} | {_steps(row.env_steps)} | "
+                f"| {row.algo} | {row.seeds} | {format_steps(row.env_steps)} | "
                 f"{row.iqm:.1f} [{row.iqm_low:.1f}, {row.iqm_high:.1f}] | "
                 f"{row.mean:.1f} ± {row.std:.1f} | {_duration(row.wall_seconds)} |"
             )
@@ -215,7 +215,7 @@ def _numbers(row: Comparison) -> list[str]:
     return [repr(float(v)) for v in values]
 
 
-def _steps(steps: tuple[int, int]) -> str:
+def format_steps(steps: tuple[int, int]) -> str:
     return str(steps[0]) if steps[0] == steps[1] else f"{steps[0]}-{steps[1]}"
 
 
@@ -302,13 +302,30 @@ def plot_curves(table: Sequence[Curve], out: Path, x: str = "steps") -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, out)
+    save_figure(figure, out)
     plt.close(figure)
 
 
 def plot_trajectories(records: Sequence[RunRecord], out: Path) -> None:
-    """The MultiGoal runs' ``trajectories.png`` side by side, one panel per run, titled by
-    algorithm and seed (the MaxEntDP paper's Fig. 1 layout)."""
+    """The MultiGoal runs' sampled trajectories side by side, like the MaxEntDP paper's Fig. 1;
+    written atomically to ``out`` (see :func:`trajectory_figure`)."""
+    import matplotlib.pyplot as plt
+
+    figure = trajectory_figure(records)
+    save_figure(figure, out)
+    plt.close(figure)
+
+
+def trajectory_figure(records: Sequence[RunRecord]) -> Any:
+    """One panel per run that holds ``trajectories.png`` (its sampled paths over the env's cost
+    contours, with axis labels): a column per algorithm, in the order the runs come, and a row
+    per seed. Each panel is titled with the algorithm, the seed and the episodes that ended at
+    each goal (``summary.json``'s ``stochastic_episodes``, the same episodes the image draws).
+
+    Raises:
+        UsageError: no run holds ``trajectories.png``; a run's image or goal counts are damaged
+            or missing.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,24 +335,64 @@ def plot_trajectories(records: Sequence[RunRecord], out: Path) -> None:
     panels = [r for r in records if (r.run_dir / TRAJECTORIES_FILE).is_file()]
     if not panels:
         raise UsageError("--trajectories: no run holds trajectories.png (MultiGoal-v0 runs do)")
-    panels.sort(key=lambda r: (r.algo, r.seed))
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
-    for axis, record in zip(axes[0], panels, strict=True):
-        try:
-            image = matplotlib.image.imread(record.run_dir / TRAJECTORIES_FILE)
-        except (OSError, ValueError, SyntaxError) as error:
-            raise runs.DamagedFileError(
-                f"{record.run_dir / TRAJECTORIES_FILE} is damaged ({runs.error_reason(error)})"
-            ) from None
-        axis.imshow(image)
-        axis.set_title(f"{record.algo}, seed {record.seed}")
-        axis.axis("off")
-    figure.tight_layout()
-    _save(figure, out)
-    plt.close(figure)
+    columns: dict[str, list[RunRecord]] = {}
+    for record in panels:
+        columns.setdefault(record.algo, []).append(record)
+    rows = max(len(column) for column in columns.values())
+    figure, axes = plt.subplots(
+        rows,
+        len(columns),
+        figsize=(4.2 * len(columns), 5.3 * rows),
+        squeeze=False,
+        layout="constrained",
+    )
+    for column_index, column in enumerate(columns.values()):
+        column.sort(key=lambda record: record.seed)
+        for row_index in range(rows):
+            axis = axes[row_index, column_index]
+            axis.axis("off")
+            if row_index >= len(column):
+                continue
+            record = column[row_index]
+            try:
+                image = matplotlib.image.imread(record.run_dir / TRAJECTORIES_FILE)
+            except (OSError, ValueError, SyntaxError) as error:
+                raise runs.DamagedFileError(
+                    f"{record.run_dir / TRAJECTORIES_FILE} is damaged ({runs.error_reason(error)})"
+                ) from None
+            axis.imshow(image)
+            axis.set_title(
+                f"{record.algo}, seed {record.seed}\n{_goal_counts_line(record.run_dir)}",
+                fontsize=10,
+            )
+    return figure
 
 
-def _save(figure: Any, out: Path) -> None:
+def _goal_counts_line(run_dir: Path) -> str:
+    """The sampled episodes that ended at each goal, e.g. ``episodes at +x: 16, -x: 1, +y: 16,
+    -y: 16 (of 50)``."""
+    from diffmaxent.envs.multigoal import GOAL_POSITIONS
+
+    episodes = runs.read_json(run_dir / runs.SUMMARY_FILE).get("stochastic_episodes")
+    try:
+        counts = [int(episodes[f"goal_{index}"]) for index in range(len(GOAL_POSITIONS))]
+        total = int(episodes["episodes"])
+    except (KeyError, TypeError, ValueError):
+        raise runs.DamagedFileError(
+            f"{run_dir / runs.SUMMARY_FILE} holds no goal counts of the sampled episodes"
+        ) from None
+    names = [_goal_direction(position) for position in GOAL_POSITIONS]
+    shares = ", ".join(f"{name}: {count}" for name, count in zip(names, counts, strict=True))
+    return f"episodes at {shares} (of {total})"
+
+
+def _goal_direction(position: np.ndarray) -> str:
+    """A goal on an axis by its direction from the start: (5, 0) -> ``+x``, (0, -5) -> ``-y``."""
+    axis = int(np.argmax(np.abs(position)))
+    return f"{'+' if position[axis] > 0 else '-'}{'xy'[axis]}"
+
+
+def save_figure(figure: Any, out: Path) -> None:
     out = Path(out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out {str(out)!r}: name a .png, .pdf or .svg file")
