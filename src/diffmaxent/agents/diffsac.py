@@ -158,6 +158,58 @@ class PolicyImprovement(NamedTuple):
     step: Callable[[Any, dict, Metrics], Any]
 
 
+def chain_soft_value(
+    final_q: jax.Array, log_ratio: jax.Array, alpha: jax.Array, denoising_gamma: float
+) -> jax.Array:
+    """(A1)'s ``V'(s')`` from one chain sampled at ``s'``: ``gamma_d^(K-1) Q'(s', tanh(x_K')) -
+    alpha sum_i gamma_d^i l_i'``, the discounted soft return of the augmented steps from
+    ``(s', x_0', 0)`` to the next env transition.
+
+    Args:
+        final_q: ``[B]`` target ``Q'(s', tanh(x_K'))``; log_ratio: ``[K, B]`` the chain's
+            ``l_0' .. l_{K-1}'``.
+    """
+    num_steps = log_ratio.shape[0]
+    weights = denoising_gamma ** jnp.arange(num_steps, dtype=jnp.float32)
+    return weights[-1] * final_q - alpha * jnp.tensordot(weights, log_ratio, axes=1)
+
+
+def level_td_targets(
+    next_values: jax.Array, log_ratio: jax.Array, alpha: jax.Array, denoising_gamma: float
+) -> jax.Array:
+    """(A2), ``level_target="td"``: ``y_m = gamma_d [U'(s, x_{m+1}, m+1) - alpha l_m]`` for the
+    levels ``m = 1 .. K-1`` of one chain: no env reward and ``gamma_d``, not the env's
+    ``gamma``, since no env transition happens between denoising levels.
+
+    Args:
+        next_values: ``[K-1, B]`` target values at levels ``2 .. K`` (``Q'`` at ``K``);
+        log_ratio: ``[K, B]`` the chain's ``l_0 .. l_{K-1}`` (``l_0`` belongs to no level's
+            target: the state ``(s, x_0, 0)`` is not a level of ``U``).
+    """
+    return denoising_gamma * (next_values - alpha * log_ratio[1:])
+
+
+def level_return_targets(
+    final_q: jax.Array, log_ratio: jax.Array, alpha: jax.Array, denoising_gamma: float
+) -> jax.Array:
+    """(A2), ``level_target="chain"``: the chain's own soft return from level ``m``,
+    ``G_m = gamma_d (G_{m+1} - alpha l_m)`` with ``G_K = Q'(s, tanh(x_K))``, for
+    ``m = 1 .. K-1``.
+
+    Args:
+        final_q: ``[B]``; log_ratio: ``[K, B]`` as in :func:`level_td_targets`.
+    Returns:
+        ``[K-1, B]``.
+    """
+
+    def back(g, level_log_ratio):
+        g = denoising_gamma * (g - alpha * level_log_ratio)
+        return g, g
+
+    _, targets = jax.lax.scan(back, final_q, log_ratio[1:], reverse=True)
+    return targets
+
+
 def soft_actor_improvement(context: Context) -> PolicyImprovement:
     """(A3): the reparameterised SAC objective for every denoising kernel."""
     policy, num_steps = context.policy, context.num_steps
@@ -256,9 +308,8 @@ def build(
             # the same expectation as (A1) with the chain's samples in place of U'.
             next_chain = policy.denoise(state.actor_params, batch.next_obs, key)
             next_q = soft_q(target_params, batch.next_obs, next_chain.latents[-1:], num_steps)[0]
-            weights = config.denoising_gamma ** jnp.arange(num_steps, dtype=jnp.float32)
-            next_value = weights[-1] * next_q - alpha * jnp.tensordot(
-                weights, next_chain.log_ratio, axes=1
+            next_value = chain_soft_value(
+                next_q, next_chain.log_ratio, alpha, config.denoising_gamma
             )
         env_target = td_target(batch.reward, batch.terminated, next_value, config.gamma)
         q = env_critic.apply(critic_params["env"], batch.obs, batch.action)
@@ -271,17 +322,12 @@ def build(
         level = jnp.broadcast_to(jnp.arange(1, num_steps)[:, None], latents.shape[:-1])
         if config.level_target == "td":
             next_q = soft_q(target_params, batch.obs, chain.latents[2:], 2)
-            level_target = config.denoising_gamma * (next_q - alpha * chain.log_ratio[1:])
+            level_target = level_td_targets(next_q, chain.log_ratio, alpha, config.denoising_gamma)
         else:
-            # The chain's own soft return from level m: G_m = gamma_d (G_{m+1} - alpha l_m),
-            # G_K = Q'(s, tanh(x_K)).
             final_q = soft_q(target_params, batch.obs, chain.latents[-1:], num_steps)[0]
-
-            def back(g, log_ratio):
-                g = config.denoising_gamma * (g - alpha * log_ratio)
-                return g, g
-
-            _, level_target = jax.lax.scan(back, final_q, chain.log_ratio[1:], reverse=True)
+            level_target = level_return_targets(
+                final_q, chain.log_ratio, alpha, config.denoising_gamma
+            )
         u = level_critic.apply(critic_params["levels"], batch.obs, latents, level)
         level_loss = 0.5 * jnp.sum(jnp.mean((u - jax.lax.stop_gradient(level_target)) ** 2, -1))
         metrics = {**metrics, "level_loss": level_loss, "u_mean": u.mean()}

@@ -60,6 +60,50 @@ class DiffWPOConfig(DiffSACConfig):
     precondition: bool = hp(True, "scale each kernel's step by sigma_j^2 (inverse Fisher)")
 
 
+def wpo_surrogate(
+    grad_log_ratio: jax.Array, grad_q: jax.Array, alpha: jax.Array, weight: jax.Array | float
+) -> jax.Array:
+    """(W1): ``mean sum_d weight stopgrad(alpha grad_x l - grad_x U)_d (grad_x l)_d``.
+
+    Only ``grad_log_ratio`` carries the actor's gradient, so the ``theta``-gradient is
+    ``weight grad_theta grad_x l . (alpha grad_x l - grad_x U)``, WPO's update on the soft value
+    (not half the gradient of a square).
+
+    Args:
+        grad_log_ratio: ``[..., A]`` ``grad_x l_j(x)`` at the sampled ``x = x_{j+1}``;
+        grad_q: ``[..., A]`` ``grad_x U(s, x, j+1)`` (no gradient to the actor);
+        weight: broadcastable to ``[..., A]``, ``sigma_j^2`` (inverse Fisher) or 1.
+    """
+    direction = jax.lax.stop_gradient(alpha * grad_log_ratio - grad_q)
+    return jnp.mean(jnp.sum(weight * direction * grad_log_ratio, axis=-1))
+
+
+def trust_region_kl(
+    reference_mean: jax.Array, mean: jax.Array, std: jax.Array, num_steps: int
+) -> jax.Array:
+    """(W2): ``K mean_j ||mu_ref - mu_theta||^2 / (2 sigma_j^2)``, the KL from the reference
+    actor's Gaussian kernels to the current ones (same std), summed over the ``K`` kernels of
+    one env step. ``reference_mean``, ``mean``: ``[..., A]``; ``std`` broadcastable."""
+    kl_per_kernel = jnp.sum(
+        (jax.lax.stop_gradient(reference_mean) - mean) ** 2 / (2.0 * std**2), axis=-1
+    )
+    return num_steps * jnp.mean(kl_per_kernel)
+
+
+def dual_step(
+    log_multiplier: jax.Array,
+    dual_opt_state: optax.OptState,
+    kl: jax.Array,
+    kl_bound: float,
+    dual_optimizer: optax.GradientTransformation,
+) -> tuple[jax.Array, optax.OptState]:
+    """(W2)'s dual descent on ``log lambda (kl_bound - KL)``: its gradient ``kl_bound - KL`` is
+    negative while the KL exceeds its bound, so ``lambda`` rises then and falls otherwise."""
+    grad = kl_bound - jax.lax.stop_gradient(kl)
+    updates, dual_opt_state = dual_optimizer.update(grad, dual_opt_state)
+    return optax.apply_updates(log_multiplier, updates), dual_opt_state
+
+
 def wpo_improvement(config: DiffWPOConfig):
     """(W1) and (W2) as a policy-improvement rule for :func:`diffsac.build`."""
     dual_optimizer = optax.adam(config.dual_lr)
@@ -90,16 +134,12 @@ def wpo_improvement(config: DiffWPOConfig):
 
             grad_q = jax.lax.stop_gradient(jax.grad(total_q)(x_next))
             grad_l = jax.grad(total_log_ratio, argnums=1)(actor_params, x_next)
-            direction = jax.lax.stop_gradient(alpha * grad_l - grad_q)
             mean, std = policy.kernel(actor_params, obs, latent, level)
             weight = jax.lax.stop_gradient(std**2) if config.precondition else 1.0
-            surrogate = jnp.mean(jnp.sum(weight * direction * grad_l, axis=-1))
+            surrogate = wpo_surrogate(grad_l, grad_q, alpha, weight)
 
             reference_mean, _ = policy.kernel(aux["reference_actor"], obs, latent, level)
-            kl_per_kernel = jnp.sum(
-                (jax.lax.stop_gradient(reference_mean) - mean) ** 2 / (2.0 * std**2), axis=-1
-            )
-            kl = num_steps * jnp.mean(kl_per_kernel)
+            kl = trust_region_kl(reference_mean, mean, std, num_steps)
             multiplier = jnp.exp(aux["log_kl_multiplier"])
             loss = surrogate + multiplier * kl
             metrics = {
@@ -111,14 +151,18 @@ def wpo_improvement(config: DiffWPOConfig):
             return loss, metrics
 
         def step(aux: dict, actor_params: dict, metrics) -> dict:
-            # Dual descent on log lambda (kl_bound - KL): lambda grows while KL > kl_bound.
-            grad = config.kl_bound - jax.lax.stop_gradient(metrics["kl"])
-            updates, dual_opt_state = dual_optimizer.update(grad, aux["dual_opt_state"])
+            log_multiplier, dual_opt_state = dual_step(
+                aux["log_kl_multiplier"],
+                aux["dual_opt_state"],
+                metrics["kl"],
+                config.kl_bound,
+                dual_optimizer,
+            )
             return {
                 "reference_actor": polyak_update(
                     aux["reference_actor"], actor_params, config.actor_tau
                 ),
-                "log_kl_multiplier": optax.apply_updates(aux["log_kl_multiplier"], updates),
+                "log_kl_multiplier": log_multiplier,
                 "dual_opt_state": dual_opt_state,
             }
 
