@@ -8,6 +8,7 @@ bound are closed form. Seeds are fixed; every tolerance says why.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from diffmaxent.agents.dime import make_policy
 from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.critics import BatchRenorm, CrossQCritic, categorical_projection
@@ -498,3 +500,115 @@ def test_batch_renorm_statistics_come_from_the_joint_batch_of_s_and_s_next():
         np.testing.assert_allclose(
             first["var"][member], momentum * 1.0 + (1 - momentum) * np.array([4.0, 1.0]), rtol=1e-5
         )
+
+
+# --- DIME's actor loss: its sign, and the critic in evaluation mode -----------------------------
+
+
+def _dime_pieces():
+    """A small DIME agent on Pendulum, its state after init, a replay batch, and the policy and
+    critic objects built as ``dime.make`` builds them (to write the actor loss out by hand)."""
+    config = resolve_config("dime", "Pendulum-v1", overrides=SMALL_DIME).agent
+    agent, buffer = _agent("dime", SMALL_DIME)
+    policy, critic = make_policy(config, action_dim=1), config.critic(3, 1)
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = buffer.sample(np.random.default_rng(0), 32, 1)
+    return agent, state, jax.tree_util.tree_map(lambda x: x[0], batch), policy, critic
+
+
+def _gradient_of(fn, params):
+    return jax.jit(jax.grad(fn))(params)
+
+
+def _combine(a, b, scale_a, scale_b):
+    return jax.tree_util.tree_map(lambda x, y: scale_a * x + scale_b * y, a, b)
+
+
+def _assert_trees_close(actual, expected, rtol, atol):
+    jax.tree_util.tree_map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), actual, expected
+    )
+
+
+def _max_difference(a, b):
+    return max(
+        float(jnp.abs(x - y).max())
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True)
+    )
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_actor_loss_raises_q_and_the_entropy_bound(temperature):
+    """The agent's actor gradient is that of ``mean[-Q(s, a) - alpha * bound]`` with ``a`` and
+    the bound from the same reparameterised chain (Q: mean of the critics, evaluation mode): a
+    step against it raises Q where alpha is negligible and raises the bound where Q is flat."""
+    agent, state, batch, policy, critic = _dime_pieces()
+    state = state.replace(log_temperature=jnp.log(jnp.float32(temperature)))
+    key = jax.random.PRNGKey(7)
+    grads, _ = agent.phases["actor step (chain+backprop)"](state, batch, key)
+
+    def mean_q(actor_params, critic_params=state.critic_params):
+        action = policy.sample(actor_params, batch.obs, key).action
+        q = critic.q_values(critic_params, state.critic_batch_stats, batch.obs, action)
+        return jnp.mean(critic.reduce(q))
+
+    def mean_bound(actor_params):
+        return jnp.mean(policy.sample(actor_params, batch.obs, key).entropy_bound)
+
+    grad_q = _gradient_of(mean_q, state.actor_params)
+    grad_bound = _gradient_of(mean_bound, state.actor_params)
+    # float32 through the chain and the critic: the two ways of computing it agree to 1e-4.
+    _assert_trees_close(grads, _combine(grad_q, grad_bound, -1.0, -temperature), 1e-3, 1e-6)
+
+    def descend(gradients, lr):
+        return jax.tree_util.tree_map(lambda p, g: p - lr * g, state.actor_params, gradients)
+
+    # Alpha negligible: a small step against the agent's gradient raises the critic's Q ...
+    tiny = state.replace(log_temperature=jnp.log(jnp.float32(1e-8)))
+    q_grads, _ = agent.phases["actor step (chain+backprop)"](tiny, batch, key)
+    assert float(mean_q(descend(q_grads, 1e-2))) > float(mean_q(state.actor_params))
+    # ... and with a critic that ignores the action (every weight zeroed) it raises the bound.
+    flat_critic = jax.tree_util.tree_map(jnp.zeros_like, state.critic_params)
+    flat = state.replace(critic_params=flat_critic)
+    bound_grads, _ = agent.phases["actor step (chain+backprop)"](flat, batch, key)
+    assert float(mean_bound(descend(bound_grads, 1e-2))) > float(mean_bound(state.actor_params))
+
+
+def test_actor_loss_uses_the_critic_in_evaluation_mode():
+    """Inside the actor loss the critic normalises with BatchRenorm's running statistics (not the
+    actor batch's own), and an update's actor step leaves those statistics as its critic step
+    made them. During the warm-up, training mode is plain batch normalisation, whose statistics
+    of this batch (Pendulum observations, the policy's actions) are far from the initial running
+    mean 0 and variance 1, so the two modes give different gradients."""
+    agent, state, batch, policy, critic = _dime_pieces()
+    key = jax.random.PRNGKey(7)
+    grads, _ = agent.phases["actor step (chain+backprop)"](state, batch, key)
+    temperature = jnp.exp(state.log_temperature)
+
+    def actor_loss(actor_params, train):
+        sample = policy.sample(actor_params, batch.obs, key)
+        variables = {"params": state.critic_params, "batch_stats": state.critic_batch_stats}
+        outputs, _ = critic.module.apply(
+            variables, batch.obs, sample.action, train=train, mutable=["batch_stats"]
+        )
+        q = critic.reduce(critic._values(outputs))
+        return jnp.mean(-q + temperature * sample.cost)
+
+    evaluation = _gradient_of(functools.partial(actor_loss, train=False), state.actor_params)
+    training = _gradient_of(functools.partial(actor_loss, train=True), state.actor_params)
+    _assert_trees_close(grads, evaluation, 1e-3, 1e-6)
+    assert _max_difference(training, evaluation) > 100 * _max_difference(grads, evaluation)
+
+    # The same update with and without its actor step (the step counter at the third critic
+    # step of a policy-delay cycle, or at the first): the critic step runs first with the same
+    # key, so the running statistics must be identical, while the actor has moved.
+    replay = jax.tree_util.tree_map(lambda x: x[None], batch)
+    third = state.replace(step=jnp.asarray(2, state.step.dtype))
+    with_actor, _ = agent.update(third, replay, jax.random.PRNGKey(3))
+    without_actor, _ = agent.update(state, replay, jax.random.PRNGKey(3))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal,
+        with_actor.critic_batch_stats,
+        without_actor.critic_batch_stats,
+    )
+    assert _max_difference(with_actor.actor_params, without_actor.actor_params) > 0

@@ -106,10 +106,9 @@ DIMEState = CrossQStyleState
 ACTOR_METRICS = ("actor_loss", "entropy", "running_cost", "terminal_cost", "dt", "friction")
 
 
-def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
-    """Build DIME's pure ``init`` / ``act`` / ``update`` for one env."""
-    action_dim = spec.action_dim
-    policy = DIMEPolicy(
+def make_policy(config: DIMEConfig, action_dim: int) -> DIMEPolicy:
+    """The agent's sampler, for reading a trained state's chains (costs included) from outside."""
+    return DIMEPolicy(
         action_dim,
         hidden_dims=config.actor_hidden_dims,
         num_steps=config.num_diffusion_steps,
@@ -121,6 +120,12 @@ def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
         time_dim=config.time_dim,
         num_frequencies=config.num_frequencies,
     )
+
+
+def make(config: DIMEConfig, spec: EnvSpec) -> Agent:
+    """Build DIME's pure ``init`` / ``act`` / ``update`` for one env."""
+    action_dim = spec.action_dim
+    policy = make_policy(config, action_dim)
     critic = config.critic(spec.obs_dim, action_dim)
     clip = [optax.clip(config.actor_grad_clip)] if config.actor_grad_clip > 0 else []
     actor_optimizer = optax.chain(optax.zero_nans(), *clip, config.actor_optimizer())
