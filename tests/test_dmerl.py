@@ -9,11 +9,15 @@ import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import diffmaxent
+from agent_helpers import tiny_agent
 from diffmaxent import cli, runs
+from diffmaxent.agents import diffsac, diffwpo
 from diffmaxent.agents.onpolicy import ObsNorm, gae, minibatch_epochs
+from diffmaxent.critics import td_target
 from diffmaxent.diffusion import augmented
 from diffmaxent.diffusion.augmented import (
     DenoisingPolicy,
@@ -318,6 +322,125 @@ def test_ou_reference_kernel_reverses_the_zero_control_chain_to_first_order():
     gen = augmented.gaussian_log_prob(x_next, mean, jnp.log(std) * jnp.ones_like(x))
     ref = augmented.gaussian_log_prob(x, ref_mean, jnp.log(ref_std) * jnp.ones_like(x))
     assert abs(float(jnp.mean(gen - ref))) < 5e-3
+
+
+# --- DiffSAC's critic targets --------------------------------------------------------------------
+
+# One chain of K = 3 denoising steps for each of three replay transitions (columns): the target
+# Q'(s', tanh(x_K')) at the end of a chain and the chain's log-ratios l_0, l_1, l_2, chosen so that
+# each column weights the steps differently (an off-by-one or reversed weight changes every one).
+CHAIN_Q = jnp.asarray([10.0, -4.0, 0.0])
+CHAIN_LOG_RATIO = jnp.asarray([[1.0, 0.0, 2.0], [2.0, 4.0, 0.0], [4.0, 0.0, 8.0]])
+ALPHA, GAMMA, DENOISING_GAMMA = 0.1, 0.9, 0.5
+
+
+def test_diffsac_env_target_applies_the_env_reward_and_gamma_and_stops_only_at_termination():
+    # V'(s') = gamma_d^2 Q' - alpha (l_0 + gamma_d l_1 + gamma_d^2 l_2) per column:
+    # 10 / 4 - 0.1 (1 + 1 + 1) = 2.2, -4 / 4 - 0.1 (0 + 2 + 0) = -1.2, 0 - 0.1 (2 + 0 + 2) = -0.4.
+    next_value = diffsac.chain_soft_value(CHAIN_Q, CHAIN_LOG_RATIO, ALPHA, DENOISING_GAMMA)
+    np.testing.assert_allclose(next_value, [2.2, -1.2, -0.4], rtol=1e-6)
+    # An ongoing transition, a termination, and a time-limit truncation (the replay stores it
+    # with terminated = 0 and the real next state, so it bootstraps like an ongoing one).
+    reward = jnp.asarray([1.0, 2.0, 3.0])
+    terminated = jnp.asarray([0.0, 1.0, 0.0])
+    target = td_target(reward, terminated, next_value, GAMMA)
+    np.testing.assert_allclose(target, [1.0 + 0.9 * 2.2, 2.0, 3.0 - 0.9 * 0.4], rtol=1e-6)
+
+
+def test_diffsac_level_targets_use_the_denoising_discount_and_no_reward():
+    # Levels m = 1, 2 of K = 3: y_m = gamma_d (U'(m + 1) - alpha l_m), U'(3) = Q'.
+    next_values = jnp.stack([jnp.full(3, 6.0), CHAIN_Q])  # U'(s, x_2, 2), Q'(s, tanh(x_3))
+    td = diffsac.level_td_targets(next_values, CHAIN_LOG_RATIO, ALPHA, DENOISING_GAMMA)
+    expected_td = [
+        [0.5 * (6 - 0.2), 0.5 * (6 - 0.4), 0.5 * (6 - 0.0)],  # m = 1 with l_1
+        [0.5 * (10 - 0.4), 0.5 * (-4 - 0.0), 0.5 * (0 - 0.8)],  # m = 2 with l_2
+    ]
+    np.testing.assert_allclose(td, expected_td, rtol=1e-6)
+    # The chain's own return: G_2 = gamma_d (Q' - alpha l_2), G_1 = gamma_d (G_2 - alpha l_1).
+    chain = diffsac.level_return_targets(CHAIN_Q, CHAIN_LOG_RATIO, ALPHA, DENOISING_GAMMA)
+    g2 = np.asarray([4.8, -2.0, -0.4])
+    g1 = 0.5 * (g2 - 0.1 * np.asarray([2.0, 4.0, 0.0]))
+    np.testing.assert_allclose(chain, [g1, g2], rtol=1e-6)
+    # And the env target's V'(s') is the same chain's return one step further back, without a
+    # discount on the step from level 0 (the env's gamma is applied outside).
+    value = diffsac.chain_soft_value(CHAIN_Q, CHAIN_LOG_RATIO, ALPHA, DENOISING_GAMMA)
+    np.testing.assert_allclose(value, chain[0] - ALPHA * CHAIN_LOG_RATIO[0], rtol=1e-6)
+
+
+# --- DiffWPO's policy step ------------------------------------------------------------------------
+
+
+def test_wpo_surrogate_value_and_its_gradient_are_the_wpo_step():
+    grad_l = jnp.asarray([[2.0, -1.0]])
+    grad_q = jnp.asarray([[1.0, 1.0]])
+    # direction = alpha grad_l - grad_q = (0, -1.5); surrogate = 0 * 2 + (-1.5) (-1) = 1.5.
+    assert float(diffwpo.wpo_surrogate(grad_l, grad_q, 0.5, 1.0)) == pytest.approx(1.5)
+    # Its gradient in grad_l is the (stopped) direction, not that of (alpha l - Q) . grad l.
+    gradient = jax.grad(diffwpo.wpo_surrogate)(grad_l, grad_q, 0.5, 1.0)
+    np.testing.assert_allclose(gradient, [[0.0, -1.5]], rtol=1e-6)
+
+    # A Gaussian kernel N(mu, sigma^2) at a sampled x: grad_x l = -(x - mu) / sigma^2, so the
+    # surrogate's mu-gradient is weight (alpha grad_x l - grad_x Q) / sigma^2.
+    x, sigma, alpha, slope = 0.3, 0.5, 0.2, 1.5  # Q(x) = slope x
+
+    def surrogate(mu, weight):
+        grad_log_ratio = -(x - mu) / sigma**2 * jnp.ones((1, 1))
+        return diffwpo.wpo_surrogate(grad_log_ratio, jnp.full((1, 1), slope), alpha, weight)
+
+    direction = alpha * -(x - 0.1) / sigma**2 - slope  # -1.66
+    plain = jax.grad(surrogate)(0.1, 1.0)
+    preconditioned = jax.grad(surrogate)(0.1, sigma**2)  # the inverse Fisher of the mean
+    assert float(plain) == pytest.approx(direction / sigma**2, rel=1e-5)
+    assert float(preconditioned) == pytest.approx(direction, rel=1e-5)
+    # Descent moves the mean up the soft value: here towards larger Q, against the entropy pull.
+    assert float(preconditioned) < 0
+
+
+def test_wpo_trust_region_kl_is_the_gaussian_kl_summed_over_kernels():
+    reference = jnp.asarray([[[1.0, 0.0]], [[0.0, 2.0]]])  # [K = 2, B = 1, A = 2]
+    mean = jnp.zeros_like(reference)
+    std = jnp.asarray([[[0.5]], [[1.0]]])
+    # Per kernel ||mu_ref - mu||^2 / (2 sigma^2): 1 / 0.5 = 2 and 4 / 2 = 2; K x mean = 4.
+    assert float(diffwpo.trust_region_kl(reference, mean, std, 2)) == pytest.approx(4.0)
+    grad_reference, grad_mean = jax.grad(diffwpo.trust_region_kl, argnums=(0, 1))(
+        reference, mean, std, 2
+    )
+    np.testing.assert_array_equal(grad_reference, 0.0)  # the reference is held fixed
+    np.testing.assert_allclose(grad_mean, [[[-4.0, 0.0]], [[0.0, -2.0]]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kl", "direction"), [(0.05, 1.0), (0.01, -1.0), (0.02, 0.0)])
+def test_wpo_dual_step_raises_the_multiplier_only_while_kl_exceeds_its_bound(kl, direction):
+    optimizer = optax.adam(0.1)
+    log_multiplier = jnp.zeros(())
+    state = optimizer.init(log_multiplier)
+    for step in range(1, 4):
+        log_multiplier, state = diffwpo.dual_step(
+            log_multiplier, state, jnp.asarray(kl), 0.02, optimizer
+        )
+        # A constant gradient: each Adam step moves log lambda by the learning rate.
+        assert float(log_multiplier) == pytest.approx(direction * 0.1 * step, abs=1e-5)
+
+
+def test_diffwpo_update_moves_the_multiplier_with_the_kl_against_its_bound():
+    """The agent wires the KL of its own loss into the dual step: from a reference actor far from
+    the actor (KL above the bound) lambda rises; from the actor itself it falls."""
+    overrides = {"critic_hidden_dims": "32,32", "actor_hidden_dims": "32,32"}
+    agent, buffer, config = tiny_agent("diffwpo", {**overrides, "num_diffusion_steps": 2})
+    state = agent.init(jax.random.PRNGKey(0))
+    batch = buffer.sample(np.random.default_rng(0), 32, 3)
+    key = jax.random.PRNGKey(1)
+    far = jax.tree_util.tree_map(lambda p: p + 1.0, state.actor_params)
+    away = state.replace(improvement={**state.improvement, "reference_actor": far})
+    start = float(state.improvement["log_kl_multiplier"])
+
+    moved, metrics = agent.update(away, batch, key)
+    assert float(metrics["kl"]) > config.agent.kl_bound
+    assert float(moved.improvement["log_kl_multiplier"]) > start
+
+    stayed, metrics = agent.update(state, batch, key)
+    assert float(metrics["kl"]) < config.agent.kl_bound
+    assert float(stayed.improvement["log_kl_multiplier"]) < start
 
 
 # --- GAE, soft rewards, normaliser ---------------------------------------------------------------
