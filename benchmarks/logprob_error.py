@@ -21,26 +21,52 @@ from diffmaxent import diffusion
 DIM = 2
 ACTIONS = 4096
 STDS = (1.0, 0.3, 0.05)
-# (rule, levels T, samples N, control variate)
+# A policy whose noise predictor is not linear in a_t (antithetic pairs cancel less there).
+MIXTURE_MEANS = ((0.5, 0.5), (-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5))
+MIXTURE_STD = 0.1
+# (rule, levels T, samples N, control variate, antithetic)
 SETTINGS = [
-    ("rectangle", 20, 50, False),  # the paper's eq. 21 (official code)
-    ("rectangle", 20, 50, True),
-    ("gauss_legendre", 4, 4, False),
-    ("gauss_legendre", 6, 4, False),
-    ("gauss_legendre", 6, 4, True),
-    ("gauss_legendre", 8, 8, False),
-    ("gauss_legendre", 8, 8, True),
-    ("gauss_legendre", 12, 8, False),
-    ("gauss_legendre", 12, 8, True),
-    ("gauss_legendre", 16, 8, True),
-    ("gauss_legendre", 12, 32, True),
+    ("rectangle", 20, 50, False, False),  # the paper's eq. 21 (official code)
+    ("rectangle", 20, 50, True, False),
+    ("gauss_legendre", 4, 4, False, False),
+    ("gauss_legendre", 6, 4, False, False),
+    ("gauss_legendre", 6, 4, True, False),
+    ("gauss_legendre", 8, 8, False, False),
+    ("gauss_legendre", 8, 8, True, False),
+    ("gauss_legendre", 8, 8, True, True),
+    ("gauss_legendre", 12, 8, False, False),
+    ("gauss_legendre", 12, 8, True, False),
+    ("gauss_legendre", 12, 8, True, True),  # the `fast` preset
+    ("gauss_legendre", 16, 8, True, False),
+    ("gauss_legendre", 12, 32, True, False),
 ]
 
 
-def measure(rule: str, levels: int, samples: int, control_variate: bool, std: float):
-    eps_fn = diffusion.gaussian_eps_fn(0.0, std)
+def policies() -> list[tuple[str, diffusion.EpsFn, object]]:
+    """(column name, exact noise predictor, (key -> actions [ACTIONS, DIM], log-density))."""
+    result = []
+    for std in STDS:
+        draw = functools.partial(lambda key, s: s * jax.random.normal(key, (ACTIONS, DIM)), s=std)
+        density = functools.partial(diffusion.gaussian_log_prob, mean=0.0, std=std)
+        result.append((f"std {std}", diffusion.gaussian_eps_fn(0.0, std), draw, density))
+    means = jnp.asarray(MIXTURE_MEANS)
+
+    def draw_mixture(key):
+        component_key, noise_key = jax.random.split(key)
+        component = jax.random.randint(component_key, (ACTIONS,), 0, len(MIXTURE_MEANS))
+        return means[component] + MIXTURE_STD * jax.random.normal(noise_key, (ACTIONS, DIM))
+
+    density = functools.partial(diffusion.mixture_log_prob, means=means, std=MIXTURE_STD)
+    result.append(("4-mode mixture", diffusion.mixture_eps_fn(means, MIXTURE_STD), draw_mixture,
+                   density))  # fmt: skip
+    return result
+
+
+def measure(setting, eps_fn, draw, density) -> tuple[float, float]:
+    """Mean and standard deviation over actions of the error per action dimension (nats)."""
+    rule, levels, samples, control_variate, antithetic = setting
     key_a, key_e = jax.random.split(jax.random.PRNGKey(0))
-    actions = std * jax.random.normal(key_a, (ACTIONS, DIM))
+    actions = draw(key_a)
     estimate = jax.jit(
         functools.partial(
             diffusion.log_prob,
@@ -49,27 +75,26 @@ def measure(rule: str, levels: int, samples: int, control_variate: bool, std: fl
             num_levels=levels,
             num_samples=samples,
             control_variate=control_variate,
+            antithetic=antithetic,
         )
     )(key_e, actions)
-    exact = diffusion.gaussian_log_prob(actions, 0.0, std)
-    error = np.asarray(estimate - exact) / DIM
+    error = np.asarray(estimate - density(actions)) / DIM
     return float(error.mean()), float(error.std())
 
 
 def main() -> None:
-    header = "| rule | levels T | samples N | control variate | passes | " + " | ".join(
-        f"std {s}: bias / sd" for s in STDS
+    columns = policies()
+    header = "| rule | T | N | control variate | antithetic | passes | " + " | ".join(
+        f"{name}: bias / sd" for name, *_ in columns
     )
     print(header + " |")
-    print("|" + "---|" * (5 + len(STDS)))
-    for rule, levels, samples, control_variate in SETTINGS:
-        cells = []
-        for std in STDS:
-            bias, sd = measure(rule, levels, samples, control_variate, std)
-            cells.append(f"{bias:+.3f} / {sd:.2f}")
-        cv = "yes" if control_variate else "no"
-        row = f"| {rule} | {levels} | {samples} | {cv} | {levels * samples} | "
-        print(row + " | ".join(cells) + " |")
+    print("|" + "---|" * (6 + len(columns)))
+    for setting in SETTINGS:
+        rule, levels, samples, control_variate, antithetic = setting
+        cells = [f"{b:+.3f} / {sd:.2f}" for b, sd in (measure(setting, *c[1:]) for c in columns)]
+        flags = " | ".join("yes" if flag else "no" for flag in (control_variate, antithetic))
+        row = f"| {rule} | {levels} | {samples} | {flags} | {levels * samples} | "
+        print(row + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,32 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu": nn.elu,
 }
 
+KERNEL_INITS: tuple[str, ...] = ("lecun_normal", "xavier_uniform")
+
+
+def kernel_init(name: str, fan_in: int | None = None) -> nn.initializers.Initializer:
+    """The weight initialiser ``name`` for a Dense kernel ``[fan_in, fan_out]``.
+
+    ``lecun_normal`` is flax's default; ``xavier_uniform`` (U(+-sqrt(6 / (fan_in + fan_out))))
+    is what jaxrl5-based code (the official MaxEntDP) uses. ``fan_in``: the fan-in of the whole
+    layer when the kernel is one block of a layer written as a sum of blocks (``W_a a + W_s s``):
+    xavier then draws each block as the concatenated layer would. Blocks under ``lecun_normal`` keep
+    flax's per-block default.
+    """
+    if name == "lecun_normal":
+        return nn.initializers.lecun_normal()
+    if name != "xavier_uniform":
+        raise ValueError(f"unknown kernel_init {name!r}; expected one of {KERNEL_INITS}")
+    if fan_in is None:
+        return nn.initializers.xavier_uniform()
+    layer_fan_in = fan_in
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        limit = (6.0 / (layer_fan_in + shape[-1])) ** 0.5
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
 
 class MLP(nn.Module):
     """Dense layers with an activation (and optional LayerNorm) after every hidden layer.
@@ -42,12 +68,13 @@ class MLP(nn.Module):
     activation: str = "relu"
     layer_norm: bool = False
     output_scale: float = 1.0  # scales the output layer's initial weights (small = near-zero start)
+    kernel_init: str = "lecun_normal"  # hidden layers' weights (the output layer: fan_avg uniform)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
-            x = nn.Dense(width)(x)
+            x = nn.Dense(width, kernel_init=kernel_init(self.kernel_init))(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = act(x)
@@ -80,18 +107,21 @@ class QNetwork(nn.Module):
     hidden_dims: Sequence[int]
     activation: str = "relu"
     layer_norm: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         obs = left_align(obs, action.ndim - 1, 1)
         width = self.hidden_dims[0]
-        x = nn.Dense(width, use_bias=False, name="input_obs")(obs) + nn.Dense(
-            width, name="input_action"
-        )(action)
+        first_init = kernel_init(self.kernel_init, obs.shape[-1] + action.shape[-1])
+        x = nn.Dense(width, use_bias=False, kernel_init=first_init, name="input_obs")(obs)
+        x = x + nn.Dense(width, kernel_init=first_init, name="input_action")(action)
         if self.layer_norm:
             x = nn.LayerNorm()(x)
         x = ACTIVATIONS[self.activation](x)
-        return MLP(self.hidden_dims[1:], 1, self.activation, self.layer_norm)(x)[..., 0]
+        return MLP(
+            self.hidden_dims[1:], 1, self.activation, self.layer_norm, kernel_init=self.kernel_init
+        )(x)[..., 0]
 
 
 class EnsembleCritic(nn.Module):
@@ -101,6 +131,7 @@ class EnsembleCritic(nn.Module):
     num_critics: int = 2
     activation: str = "relu"
     layer_norm: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
@@ -112,7 +143,9 @@ class EnsembleCritic(nn.Module):
             out_axes=0,
             axis_size=self.num_critics,
         )
-        return ensemble(self.hidden_dims, self.activation, self.layer_norm)(obs, action)
+        return ensemble(self.hidden_dims, self.activation, self.layer_norm, self.kernel_init)(
+            obs, action
+        )
 
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0

@@ -24,7 +24,12 @@ Paper vs official code (the default is the paper's; the code's behaviour is an o
 * the code decays the actor learning rate with a cosine over 2M updates (not in the paper):
   ``actor_lr_decay_steps=2000000``; the default keeps it constant;
 * the noise network has no normalisation in the code (``layer_norm=false``); the ``cpu`` preset
-  turns LayerNorm on, without which a small network barely learns.
+  turns LayerNorm on, without which a small network barely learns;
+* the code initialises every Dense kernel xavier-uniform (``weight_init=xavier_uniform``); the
+  default is flax's lecun-normal.
+
+The ``official`` preset is the code's behaviour on every point above (its run script's per-task
+temperatures are Table B1's), ``paper`` the text's.
 
 ``temperature=auto`` is the paper's stated future work: beta is tuned towards ``target_entropy``
 using the same log-probability estimate the critic target already computes (no extra cost).
@@ -100,6 +105,9 @@ class MaxEntDPConfig(
     actor_lr_decay_steps: int = hp(
         0, "cosine-decay the actor lr over this many updates (0 = off)", low=0
     )
+    weight_init: Literal["lecun_normal", "xavier_uniform"] = hp(
+        "lecun_normal", "Dense kernel init of noise net and critics (official: xavier_uniform)"
+    )
 
 
 MaxEntDPState = ActorCriticState
@@ -123,8 +131,13 @@ def config_warnings(config: MaxEntDPConfig) -> list[str]:
 def make(config: MaxEntDPConfig, spec: EnvSpec) -> Agent:
     """Build MaxEntDP's pure ``init`` / ``act`` / ``update`` for one env."""
     action_dim = spec.action_dim
-    noise_net = NoiseNet(action_dim, config.actor_hidden_dims, layer_norm=config.layer_norm)
-    critic = config.critic()
+    noise_net = NoiseNet(
+        action_dim,
+        config.actor_hidden_dims,
+        layer_norm=config.layer_norm,
+        kernel_init=config.weight_init,
+    )
+    critic = config.critic().clone(kernel_init=config.weight_init)
     actor_optimizer = (
         optax.adam(optax.cosine_decay_schedule(config.actor_lr, config.actor_lr_decay_steps))
         if config.actor_lr_decay_steps
@@ -334,13 +347,54 @@ PAPER_TEMPERATURES = {
     "Walker2d": 0.01,
 }
 
+PAPER_VALUES = {"learning_starts": 10_000, "batch_size": 256, "eval_every": 10_000}
+PAPER_PER_TASK = {task: {"temperature": beta} for task, beta in PAPER_TEMPERATURES.items()}
+
+# What the official code (diffusionyes/MaxEntDP @ 8adfc7e) does that the paper's text does not say.
+OFFICIAL_DIFFERENCES = {
+    "sampler": "ddpm",  # stochastic DDPM ancestral sampler with x0 clipped to [-1, 1] per step
+    "logprob_clip_x0": True,  # the same x0 clipping inside the log-probability estimate
+    "actor_lr_decay_steps": 2_000_000,  # optax cosine decay of the actor lr, per update
+    "weight_init": "xavier_uniform",  # jaxrl5's default kernel init, critics and noise net
+}
+
+# The `fast` preset's estimators: benchmarks/logprob_error.py measures the log-prob's error with an
+# exact denoiser, `diffmaxent bench` the cost.
+FAST_ESTIMATORS = {
+    "logprob_rule": "gauss_legendre",
+    "num_logprob_levels": 12,
+    "num_logprob_samples": 8,
+    "logprob_control_variate": True,
+    "logprob_antithetic": True,
+    "num_qne_samples": 100,
+}
+
 PRESETS = {
     "paper": Preset(
-        {"learning_starts": 10_000, "batch_size": 256, "eval_every": 10_000},
+        PAPER_VALUES,
         "The paper's settings (Tables B2-B3: K=500, T=20, N=50, M=10, batch 256, 10k random "
         "steps) with beta from Table B1 on the six Gym MuJoCo tasks.",
         suite="gym",
-        per_task={task: {"temperature": beta} for task, beta in PAPER_TEMPERATURES.items()},
+        per_task=PAPER_PER_TASK,
+    ),
+    "official": Preset(
+        {**PAPER_VALUES, **OFFICIAL_DIFFERENCES},
+        "The official code's behaviour, which made the published curves: `paper` plus the "
+        "stochastic DDPM sampler with x0 clipping (sampler=ddpm), x0 clipping inside the "
+        "log-probability (logprob_clip_x0), a cosine decay of the actor lr over 2M updates "
+        "(actor_lr_decay_steps) and xavier-uniform weights (weight_init); the run script's "
+        "per-task beta equal Table B1's.",
+        suite="gym",
+        per_task=PAPER_PER_TASK,
+    ),
+    "fast": Preset(
+        {**PAPER_VALUES, **FAST_ESTIMATORS},
+        "`paper` (widths, batch, 20-step ODE sampler, best of 10) at under 1/5 of its matmul "
+        "FLOPs per update: a Gauss-Legendre log-prob with a control variate and antithetic "
+        "pairs (96 passes per action instead of 1000; less bias and noise than the paper's rule "
+        "at every policy width measured) and K=100 QNE candidates (docs/benchmarks.md).",
+        suite="gym",
+        per_task=PAPER_PER_TASK,
     ),
     "cpu": Preset(
         {

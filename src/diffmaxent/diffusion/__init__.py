@@ -6,7 +6,12 @@ Functions are pure and take an ``eps_fn(noisy_action, log_snr) -> eps`` closure,
 ``NoiseNet`` in agents and with the exact Gaussian denoiser (:func:`gaussian_eps_fn`) in tests.
 """
 
-from diffmaxent.diffusion.analytic import gaussian_eps_fn, gaussian_log_prob
+from diffmaxent.diffusion.analytic import (
+    gaussian_eps_fn,
+    gaussian_log_prob,
+    mixture_eps_fn,
+    mixture_log_prob,
+)
 from diffmaxent.diffusion.dime import (
     ControlNet,
     DIMEPolicy,
@@ -93,6 +98,8 @@ __all__ = [
     "log_snr",
     "log_snr_from_alpha_bar",
     "log_snr_grid",
+    "mixture_eps_fn",
+    "mixture_log_prob",
     "noise_target",
     "quadrature",
     "sample",

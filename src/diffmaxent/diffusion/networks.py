@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffmaxent.nn import ACTIVATIONS, MLP, left_align
+from diffmaxent.nn import ACTIVATIONS, MLP, kernel_init, left_align
 
 
 def broadcast_leading(x: jax.Array, leading: tuple[int, ...], trailing_dims: int) -> jax.Array:
@@ -74,6 +74,7 @@ class NoiseNet(nn.Module):
     num_frequencies: int = 32
     activation: str = "mish"
     layer_norm: bool = False
+    kernel_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, obs: jax.Array, noisy_action: jax.Array, log_snr: jax.Array) -> jax.Array:
@@ -86,16 +87,28 @@ class NoiseNet(nn.Module):
 
         act = ACTIVATIONS[self.activation]
         features = FourierFeatures(self.num_frequencies)(log_snr[..., None])
-        cond = MLP(tuple(self.cond_dims[:-1]), self.cond_dims[-1], self.activation)(features)
+        cond = MLP(
+            tuple(self.cond_dims[:-1]),
+            self.cond_dims[-1],
+            self.activation,
+            kernel_init=self.kernel_init,
+        )(features)
         width = self.hidden_dims[0]
+        first_init = kernel_init(
+            self.kernel_init, self.action_dim + obs.shape[-1] + self.cond_dims[-1]
+        )
         x = (
-            nn.Dense(width, name="input_action")(noisy_action)
-            + nn.Dense(width, use_bias=False, name="input_obs")(obs)
-            + nn.Dense(width, use_bias=False, name="input_time")(cond)
+            nn.Dense(width, kernel_init=first_init, name="input_action")(noisy_action)
+            + nn.Dense(width, use_bias=False, kernel_init=first_init, name="input_obs")(obs)
+            + nn.Dense(width, use_bias=False, kernel_init=first_init, name="input_time")(cond)
         )
         if self.layer_norm:
             x = nn.LayerNorm()(x)
         x = act(x)
-        return MLP(tuple(self.hidden_dims[1:]), self.action_dim, self.activation, self.layer_norm)(
-            x
-        )
+        return MLP(
+            tuple(self.hidden_dims[1:]),
+            self.action_dim,
+            self.activation,
+            self.layer_norm,
+            kernel_init=self.kernel_init,
+        )(x)
