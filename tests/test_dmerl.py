@@ -33,7 +33,9 @@ from diffmaxent.diffusion.augmented import (
 from diffmaxent.diffusion.dime import dime_chain
 from diffmaxent.envs import make_env
 from diffmaxent.envs.augmented import AugmentedMDPEnv
+from diffmaxent.errors import PresetSuiteWarning
 from diffmaxent.loops.rollout import collect_rollout, make_vector_env
+from diffmaxent.registry import ALGOS
 from dmerl_helpers import tiny_on_policy_agent
 
 K = 3
@@ -623,3 +625,74 @@ def test_on_policy_hyperparameters_are_validated():
         diffmaxent.resolve_config("ppo", "Pendulum-v1", overrides={"learning_starts": 10})
     with pytest.raises(diffmaxent.UsageError, match="num_envs"):
         diffmaxent.resolve_config("diffppo", "Pendulum-v1", overrides={"num_envs": 0})
+
+
+# --- evaluation protocol and the official presets ------------------------------------------------
+
+DMERL_ALGOS = ("diffppo", "diffsac", "diffwpo")
+
+
+@pytest.mark.filterwarnings("ignore::diffmaxent.errors.PresetSuiteWarning")
+@pytest.mark.parametrize("algo", DMERL_ALGOS)
+def test_dmerl_presets_evaluate_the_sampled_chain_as_the_da_mdp_code_does(algo):
+    for preset in ALGOS[algo].presets:
+        config = diffmaxent.resolve_config(algo, "Pendulum-v1", preset=preset)
+        assert config.loop.eval_deterministic is False, preset
+
+
+def test_dmerl_stochastic_action_is_the_training_samplers_chain_from_a_prior_draw():
+    """What evaluation executes is a sample of the policy: the same chain as a rollout's (a fresh
+    x_0 ~ N(0, prior_std^2 I) and K noisy kernels), not the noise-free chain from x_0 = 0."""
+    agent, _, config = tiny_on_policy_agent("diffppo", TINY_ON_POLICY["diffppo"])
+    state = agent.init(jax.random.PRNGKey(0))
+    obs = jnp.ones((256, 3), jnp.float32)
+    key = jax.random.PRNGKey(5)
+    sampled = agent.act(state, obs, key, False)
+    collected, chain = agent.collect(state, obs, key)
+    np.testing.assert_array_equal(sampled, collected)
+    # The chain starts from a prior draw: x_0 has the prior's spread across the batch.
+    prior_std = config.agent.prior_std
+    assert float(jnp.std(chain["latents"][0])) == pytest.approx(prior_std, rel=0.15)
+    # The untrained policy barely moves x_0 (near-zero control): actions spread like tanh of a
+    # prior draw, while the deterministic option gives one action for one state.
+    assert float(jnp.std(sampled)) > 0.5
+    deterministic = agent.act(state, obs, key, True)
+    assert np.ptp(np.asarray(deterministic)) == 0.0
+
+
+OFFICIAL_SETTINGS = {
+    "diffppo": {
+        "prior_std": 3.0,
+        "step_size": 0.5,
+        "min_step_fraction": 0.17,
+        "temperature": 2e-4,
+        "epochs": 12,
+        "clip_value": False,
+        "soft_reward": "paper",
+    },
+    "diffwpo": {
+        "init_kl_multiplier": 0.3,
+        "precondition": False,
+        "init_temperature": 0.01,
+        "temperature_lr": 6e-4,
+        "gamma": 0.999,
+        "denoising_gamma": 0.999,
+        "kl_bound": 0.02,
+        "dual_lr": 6e-4,
+    },
+}
+
+
+@pytest.mark.parametrize("algo", OFFICIAL_SETTINGS)
+def test_official_preset_sets_the_codes_settings_and_its_note_names_each_change(algo):
+    with pytest.warns(PresetSuiteWarning):  # tuned on DeepMind Control
+        config = diffmaxent.resolve_config(algo, "Pendulum-v1", preset="official")
+    for name, value in OFFICIAL_SETTINGS[algo].items():
+        part = config.agent if hasattr(config.agent, name) else config.loop
+        assert getattr(part, name) == value, name
+    presets = ALGOS[algo].presets
+    official, paper = presets["official"], presets["paper"]
+    changed = {k for k, v in official.values.items() if paper.values.get(k) != v}
+    assert changed, "official equals paper"
+    assert [name for name in sorted(changed) if name not in official.note] == []
+    assert set(paper.values) <= set(official.values)  # official is paper plus the changes

@@ -9,8 +9,10 @@ every env step is K augmented transitions ``(s, x_k, k) -> x_{k+1}``, the last o
   p_gen,old(...)``, one network evaluation per transition (no chain is re-run).
 * **Soft reward** (the bound's per-step decomposition; ``l_k = log p_gen - log p_ref``):
   ``paper`` (default): ``R = r 1[k = K-1] - alpha l_k`` on the step itself, so GAE's advantage
-  already contains the step's own entropy term; ``official`` (the DA-MDP code): ``R = r - gamma
-  alpha l_{k+1}`` and the *entropy-augmented advantage* ``A - alpha (l_k - mean l)``.
+  already contains the step's own entropy term; the released DA-MDP PPO trainer does the same
+  at its default fixed temperature. ``official``: ``R = r - gamma alpha l_{k+1}`` and the
+  *entropy-augmented advantage* ``A - alpha (l_k - mean l)``, the placement of the code's helper
+  functions (``learning_DA_MDP_PPO.train_step_env`` and ``actor_loss_fn``).
 * **GAE over augmented steps** with separate discounts: ``gamma`` / ``gae_lambda`` across the env
   transition, ``denoising_gamma`` / ``denoising_lambda`` between denoising steps. The value is a
   *diffusion value function* ``V(s, x_k, k)``; a finished env step bootstraps from
@@ -23,10 +25,20 @@ every env step is K augmented transitions ``(s, x_k, k) -> x_{k+1}``, the last o
   whose text we could not read). ``anneal_steps = 0`` keeps it constant.
 
 Losses: the clipped surrogate is PPO's eq. 7 (Schulman et al. 2017) on ``rho``; the value loss is
-``0.5 (V - G)^2``, optionally clipped as in the code. Deterministic actions (evaluation) run the
-chain from ``x_0 = 0`` without noise. Differences from the code: the step sizes are fixed, not
-learned (so ``p_ref`` has no parameters and ``log p_ref`` is stored with the rollout); no
-adaptive learning rate on the KL.
+``0.5 (V - G)^2``, optionally clipped as in the code.
+
+Evaluation, as the DA-MDP code's: the presets set ``eval_deterministic=false``, so each
+evaluation action is a sample of the policy, a fresh prior draw ``x_0`` through the K noisy
+kernels. The deterministic action (``eval_deterministic=true``) runs the kernels' means from
+the prior's mean ``x_0 = 0``: a low-variance readout, not the policy's mode, kept because the
+learning tests' budgets were measured with it.
+
+Differences from the code (the ``official`` preset sets what of its run config is expressible
+here): the step sizes are fixed, not learned (so ``p_ref`` has no parameters and ``log p_ref``
+is stored with the rollout); the critic is an MLP regression, not a categorical one with
+auxiliary losses; advantages are centred and scaled, not only centred; a truncated transition
+bootstraps from its real next state instead of leaving the losses; no adaptive learning rate on
+the KL.
 """
 
 from __future__ import annotations
@@ -296,30 +308,53 @@ def make(config: DiffPPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     return OnPolicyAgent(init=init, act=act, collect=collect, update=update)
 
 
+# DA-MDP PPO's base config (config/DA_MDP_PPO/default.yaml), CPU-sized.
+PAPER = {
+    "num_diffusion_steps": 8,
+    "gamma": 0.999,
+    "denoising_gamma": 0.999,
+    "gae_lambda": 0.98,
+    "denoising_lambda": 0.98,
+    "actor_lr": 1e-4,
+    "critic_lr": 1e-4,
+    "epochs": 16,
+    "batch_size": 512,
+    "actor_hidden_dims": (256, 256, 256, 256),
+    "critic_hidden_dims": (512, 512),
+    "init_temperature": 0.002,
+    "clip_value": True,
+    "num_envs": 16,
+    "rollout_steps": 128,
+    "eval_deterministic": False,
+}
+
 PRESETS = {
     "paper": Preset(
+        PAPER,
+        "DA-MDP PPO's base config (it runs DeepMind Control on MJX): K = 8, prior std 2.5, "
+        "linear steps down to 0.05, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, "
+        "16 epochs, entropy target 3 |A| below the prior, alpha from 0.002, clipped value loss, "
+        "4 x 256 denoiser, sampled actions in evaluation; its 2048 envs x 128 steps in 128 "
+        "minibatches become 16 envs x 128 steps and minibatches of 512 on a CPU.",
+        suite="dmc",
+    ),
+    "official": Preset(
         {
-            "num_diffusion_steps": 8,
-            "gamma": 0.999,
-            "denoising_gamma": 0.999,
-            "gae_lambda": 0.98,
-            "denoising_lambda": 0.98,
-            "actor_lr": 1e-4,
-            "critic_lr": 1e-4,
-            "epochs": 16,
-            "batch_size": 512,
-            "actor_hidden_dims": (256, 256, 256, 256),
-            "critic_hidden_dims": (512, 512),
-            "init_temperature": 0.002,
-            "clip_value": True,
-            "num_envs": 16,
-            "rollout_steps": 128,
+            **PAPER,
+            "prior_std": 3.0,
+            "step_size": 0.5,
+            "min_step_fraction": 0.17,
+            "temperature": 2e-4,
+            "epochs": 12,
+            "clip_value": False,
         },
-        "DA-MDP PPO (it runs DeepMind Control on MJX): K = 8, prior std 2.5, linear steps down "
-        "to 0.05, gamma / lambda 0.999 / 0.98 per augmented step, lr 1e-4, 16 epochs, entropy "
-        "target 3 |A| below the prior, alpha from 0.002, clipped value loss, 4 x 256 denoiser; "
-        "its 2048 envs x 128 steps in 128 minibatches become 16 envs x 128 steps and minibatches "
-        "of 512 on a CPU. The soft reward stays the paper's (soft_reward=official: the code's).",
+        "paper plus the layer the DA-MDP PPO run applies over its base config "
+        "(config/DA_MDP_PPO/overrides/default.yaml): prior_std 3, step_size 0.5 (dt 0.125 / "
+        "friction 0.25), min_step_fraction 0.17, a fixed temperature 2e-4 (its entropy_coef; "
+        "its temperature Lagrangian is off), 12 epochs, clip_value off (its critic is "
+        "categorical and unclipped). Not reproduced: learned step sizes, the categorical "
+        "HL-Gauss critic and its auxiliary losses, advantages centred but not scaled, truncated "
+        "transitions left out of the losses, 2048 envs in 64 minibatches.",
         suite="dmc",
     ),
     "cpu": Preset(
@@ -331,7 +366,9 @@ PRESETS = {
             "num_envs": 8,
             "rollout_steps": 256,
             "eval_every": 20_000,
+            "eval_deterministic": False,
         },
-        "Tuned on Pendulum-v1 like ppo's cpu preset (docs/benchmarks.md, section DMERL).",
+        "Tuned on Pendulum-v1 like ppo's cpu preset (docs/benchmarks.md, section DMERL); "
+        "sampled actions in evaluation, as the DA-MDP code.",
     ),
 }

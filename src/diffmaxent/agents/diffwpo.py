@@ -25,7 +25,9 @@ log p_ref(x_j | x)`` and the soft value ``U(s, x, j+1) - alpha l_j(x)``:
 
 Off-policy with replay, as in WPO's own (Acme) implementation; the DA-MDP code instead runs WPO
 on REPPO's on-policy collection with thousands of parallel GPU envs, which a 2-core CPU cannot
-use (documented in docs/benchmarks.md, section DMERL).
+use (documented in docs/benchmarks.md, section DMERL). The ``official`` preset adds the DA-MDP WPO
+run's other settings that exist here; its note lists what does not. Evaluation samples the chain,
+as DiffSAC's and the DA-MDP code's.
 """
 
 from __future__ import annotations
@@ -176,20 +178,43 @@ def make(config: DiffWPOConfig, spec: EnvSpec) -> Agent:
     return build(config, spec, wpo_improvement(config))
 
 
+# The DA-MDP WPO run (config/experiment_overrides/DA_MDP_WPO/*linear_schedule.yaml), CPU-sized.
+PAPER = {
+    "num_diffusion_steps": 8,
+    "prior_std": 3.0,
+    "step_size": 0.5,
+    "min_step_fraction": 0.17,
+    "actor_lr": 1e-3,
+    "critic_lr": 1e-3,
+    "learning_starts": 10_000,
+    "eval_deterministic": False,
+}
+
 PRESETS = {
     "paper": Preset(
-        {
-            "num_diffusion_steps": 8,
-            "prior_std": 3.0,
-            "step_size": 0.5,
-            "min_step_fraction": 0.17,
-            "actor_lr": 1e-3,
-            "critic_lr": 1e-3,
-            "learning_starts": 10_000,
-        },
+        PAPER,
         "DA-MDP WPO (it runs DeepMind Control on MJX): K = 8, prior std 3, linear steps down to "
-        "0.17 with dt 0.125 / friction 0.25, KL bound 0.02, dual lr 6e-4, lr 1e-3; replay and "
-        "critics as DiffSAC's paper preset.",
+        "0.17 with dt 0.125 / friction 0.25, KL bound 0.02, dual lr 6e-4, lr 1e-3, sampled "
+        "actions in evaluation; replay and critics as DiffSAC's paper preset.",
+        suite="dmc",
+    ),
+    "official": Preset(
+        {
+            **PAPER,
+            "init_kl_multiplier": 0.3,
+            "precondition": False,
+            "init_temperature": 0.01,
+            "temperature_lr": 6e-4,
+            "gamma": 0.999,
+            "denoising_gamma": 0.999,
+        },
+        "paper plus the rest of the DA-MDP WPO run's settings that exist here: "
+        "init_kl_multiplier 0.3 (kl_start), precondition off (remove_fisher_precond), "
+        "init_temperature 0.01 (ent_start), temperature_lr 6e-4, gamma and denoising_gamma "
+        "0.999 (one discount per augmented step). Not reproduced: on-policy collection from "
+        "1024 envs with TD(lambda) targets, a categorical HL-Gauss critic on every augmented "
+        "state with auxiliary losses, learned step sizes, the KL term only while above its "
+        "bound, the entropy target 8 |A| below the prior.",
         suite="dmc",
     ),
     "cpu": CPU_PRESET,

@@ -40,11 +40,12 @@ soft reward of the augmented MDP is ``r 1[k = K-1] - alpha l_k`` (:func:`soft_re
 ``-K mean(l)`` over a batch as in the official code). All agents take these three quantities
 from here.
 
-**Paper vs official code.** Where the soft reward's entropy term sits differs: the bound puts
-``-alpha l_k`` on step ``k`` itself (``mode="paper"``, default); the official code gives step ``k``
-the *next* step's term, ``r - gamma alpha l_{k+1}``, and adds ``-alpha (l_k - mean l)`` to the
-advantage (``mode="official"``). The official code learns the step sizes per step; here they are
-fixed (a linear or cosine shape times ``step_size``), which keeps ``p_ref`` free of parameters.
+**Paper vs official code.** The bound puts ``-alpha l_k`` on step ``k`` itself
+(``mode="paper"``, default), and so does the released DA-MDP PPO trainer at its default fixed
+temperature; the code's helper functions (``learning_DA_MDP_PPO``) give step ``k`` the *next*
+step's term, ``r - gamma alpha l_{k+1}``, and add ``-alpha (l_k - mean l)`` to the advantage
+(``mode="official"``). The official code learns the step sizes per step; here they are fixed (a
+linear or cosine shape times ``step_size``), which keeps ``p_ref`` free of parameters.
 """
 
 from __future__ import annotations
@@ -254,9 +255,9 @@ class DenoisingPolicy:
     ) -> Chain:
         """All ``K`` transitions of one env step for ``obs [..., obs_dim]``, in one scan.
 
-        ``key`` is the env step's key (:func:`split_step_key`). ``zero_noise`` starts at
-        ``x_0 = 0`` and adds no noise: a deterministic action (its log-densities describe no
-        sample)."""
+        ``key`` is the env step's key (:func:`split_step_key`). ``zero_noise`` starts at the
+        prior's mean ``x_0 = 0`` and follows the kernels' means: a deterministic action, not the
+        policy's mode (its log-densities describe no sample)."""
         shape = (*obs.shape[:-1], self.action_dim)
         if zero_noise:
             x0 = jnp.zeros(shape, jnp.float32)
