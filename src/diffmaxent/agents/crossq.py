@@ -36,8 +36,9 @@ from diffmaxent.agents.groups import (
     TargetEntropy,
     Temperature,
 )
+from diffmaxent.agents.sac import sample_action, soft_policy_loss
 from diffmaxent.config import Preset, with_defaults
-from diffmaxent.distributions import squashed_gaussian_sample
+from diffmaxent.critics import CrossQCritic
 from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.nn import GaussianActor
 from diffmaxent.types import Batch, Metrics
@@ -59,6 +60,24 @@ CrossQState = CrossQStyleState
 
 
 ACTOR_METRICS = ("actor_loss", "entropy")
+
+
+def actor_loss(
+    actor: GaussianActor,
+    critic: CrossQCritic,
+    actor_params,
+    critic_params,
+    batch_stats,
+    log_temperature: jax.Array,
+    obs: jax.Array,
+    key: jax.Array,
+):
+    """SAC's policy objective (eq. 7), reparameterised (eq. 9), on the critics' combined value
+    (``critic.reduce``) in evaluation mode: the running BatchRenorm statistics ``batch_stats``
+    normalise the pairs and are not updated. ``(loss, entropy estimate -log pi [B])``."""
+    action, log_prob = sample_action(actor, actor_params, obs, key)
+    q = critic.reduce(critic.q_values(critic_params, batch_stats, obs, action))
+    return soft_policy_loss(q, log_prob, log_temperature), -log_prob
 
 
 def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
@@ -87,13 +106,9 @@ def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
             step=jnp.zeros((), jnp.int32),
         )
 
-    def sample_action(actor_params, obs, key):
-        mean, log_std = actor.apply(actor_params, obs)
-        return squashed_gaussian_sample(mean, log_std, key)
-
     def critic_loss_fn(critic_params, state: CrossQState, batch: Batch, key: jax.Array):
         """Soft Bellman backup (SAC eqs. 5-6) with CrossQ's joint batch and no target network."""
-        next_action, next_log_prob = sample_action(state.actor_params, batch.next_obs, key)
+        next_action, next_log_prob = sample_action(actor, state.actor_params, batch.next_obs, key)
         return critic.loss(
             critic_params,
             state.critic_batch_stats,
@@ -104,12 +119,7 @@ def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
             config.gamma,
         )
 
-    def actor_loss_fn(actor_params, critic_params, batch_stats, log_temperature, obs, key):
-        """SAC's policy objective (eq. 7), reparameterised (eq. 9), critics in evaluation mode."""
-        action, log_prob = sample_action(actor_params, obs, key)
-        q = critic.reduce(critic.q_values(critic_params, batch_stats, obs, action))
-        loss = jnp.mean(jnp.exp(log_temperature) * log_prob - q)
-        return loss, -log_prob
+    actor_loss_fn = functools.partial(actor_loss, actor, critic)
 
     def actor_step(state: CrossQState, critic_params, batch_stats, obs, key):
         (loss, entropy), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
@@ -143,7 +153,7 @@ def make(config: CrossQConfig, spec: EnvSpec) -> Agent:
         if deterministic:
             mean, _ = actor.apply(state.actor_params, obs)
             return jnp.tanh(mean)
-        return sample_action(state.actor_params, obs, key)[0]
+        return sample_action(actor, state.actor_params, obs, key)[0]
 
     @jax.jit
     def update(state: CrossQState, batch: Batch, key: jax.Array) -> tuple[CrossQState, Metrics]:

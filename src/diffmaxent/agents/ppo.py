@@ -65,6 +65,46 @@ class GaussianPolicy(nn.Module):
         return mean, log_std
 
 
+def gaussian_entropy(log_std: jax.Array) -> jax.Array:
+    """Entropy of a diagonal Gaussian, ``sum_i (log std_i + 0.5 log(2 pi e))``; with the
+    state-independent log-std it is the same for every state."""
+    return jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e))
+
+
+def ppo_loss(
+    log_prob: jax.Array,
+    old_log_prob: jax.Array,
+    advantage: jax.Array,
+    log_std: jax.Array,
+    value: jax.Array,
+    returns: jax.Array,
+    *,
+    clip: float,
+    entropy_coef: float,
+) -> tuple[jax.Array, Metrics]:
+    """Clipped surrogate (eq. 7) minus the entropy bonus, plus the value regression.
+
+    ``log_prob``, ``old_log_prob`` (at collection), ``advantage``, ``value`` and ``returns``
+    are ``[B]``; ``log_std [A]``. With ``r = exp(log_prob - old_log_prob)`` the surrogate is
+    ``-mean(min(r A, clip(r, 1 - clip, 1 + clip) A))``: a ratio beyond the clip in the
+    direction the advantage favours gives no further gain (and no gradient); the value loss is
+    ``0.5 mean (V - R)^2``. Returns ``(loss, metrics)``."""
+    ratio = jnp.exp(log_prob - old_log_prob)
+    clipped = jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+    policy_loss = -jnp.mean(jnp.minimum(ratio * advantage, clipped * advantage))
+    entropy = gaussian_entropy(log_std)
+    value_loss = 0.5 * jnp.mean((value - returns) ** 2)
+    loss = policy_loss - entropy_coef * entropy + value_loss
+    metrics = {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": jnp.mean((ratio - 1.0) - jnp.log(ratio)),
+        "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > clip),
+    }
+    return loss, metrics
+
+
 class PPOState(struct.PyTreeNode):
     actor_params: dict
     critic_params: dict
@@ -99,24 +139,19 @@ def make(config: PPOConfig, spec: EnvSpec) -> OnPolicyAgent:
         return critic.apply(critic_params, obs)[..., 0]
 
     def loss_fn(params, batch, advantage):
-        """Clipped surrogate (eq. 7) minus the entropy bonus, plus the value regression."""
         actor_params, critic_params = params
         mean, log_std = actor.apply(actor_params, batch["obs"])
         log_prob = gaussian_log_prob(batch["sample"], mean, jnp.broadcast_to(log_std, mean.shape))
-        ratio = jnp.exp(log_prob - batch["log_prob"])
-        clipped = jnp.clip(ratio, 1.0 - config.clip, 1.0 + config.clip)
-        policy_loss = -jnp.mean(jnp.minimum(ratio * advantage, clipped * advantage))
-        entropy = jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e))
-        value_loss = 0.5 * jnp.mean((value(critic_params, batch["obs"]) - batch["return"]) ** 2)
-        loss = policy_loss - config.entropy_coef * entropy + value_loss
-        metrics = {
-            "policy_loss": policy_loss,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "approx_kl": jnp.mean((ratio - 1.0) - jnp.log(ratio)),
-            "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > config.clip),
-        }
-        return loss, metrics
+        return ppo_loss(
+            log_prob,
+            batch["log_prob"],
+            advantage,
+            log_std,
+            value(critic_params, batch["obs"]),
+            batch["return"],
+            clip=config.clip,
+            entropy_coef=config.entropy_coef,
+        )
 
     def gradient_step(state: PPOState, batch: dict, key: jax.Array) -> tuple[PPOState, Metrics]:
         del key

@@ -34,7 +34,7 @@ from diffmaxent.config import Preset
 from diffmaxent.critics import td_target
 from diffmaxent.distributions import squashed_gaussian_sample
 from diffmaxent.envs.factory import EnvSpec
-from diffmaxent.nn import GaussianActor
+from diffmaxent.nn import EnsembleCritic, GaussianActor
 from diffmaxent.types import Batch, Metrics
 
 
@@ -44,6 +44,82 @@ class SACConfig(ActorNetwork, TargetCritics, TargetEntropy, Temperature, Optimis
 
 
 SACState = ActorCriticState
+
+
+# --- losses: pure functions of the networks, the parameters and the batch ------------------------
+
+
+def sample_action(
+    actor: GaussianActor, actor_params, obs: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``a ~ pi(.|s)`` and ``log pi(a|s)``: obs ``[B, obs_dim]`` -> ``([B, A], [B])``."""
+    mean, log_std = actor.apply(actor_params, obs)
+    return squashed_gaussian_sample(mean, log_std, key)
+
+
+def soft_td_target(
+    reward: jax.Array,
+    terminated: jax.Array,
+    next_q: jax.Array,
+    next_log_prob: jax.Array,
+    temperature: jax.Array,
+    gamma: float,
+) -> jax.Array:
+    """The soft Bellman target (eqs. 5-6) with clipped double-Q:
+    ``r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s'))``.
+
+    ``next_q [num_critics, B]`` are the target critics' values at ``a' ~ pi(.|s')``."""
+    return td_target(reward, terminated, next_q.min(axis=0) - temperature * next_log_prob, gamma)
+
+
+def critic_regression_loss(q: jax.Array, target: jax.Array) -> jax.Array:
+    """``0.5 sum_j mean_B (Q_j(s, a) - target)^2`` (eq. 5): ``q [num_critics, B]``, ``target
+    [B]``, whose gradient is stopped."""
+    return 0.5 * jnp.sum(jnp.mean((q - jax.lax.stop_gradient(target)) ** 2, axis=-1))
+
+
+def soft_policy_loss(q: jax.Array, log_prob: jax.Array, log_temperature: jax.Array) -> jax.Array:
+    """The policy objective (eq. 7), ``mean(alpha log pi(a|s) - Q(s, a))``: minimising it raises
+    Q and the entropy. ``q [B]`` is the critics' combined value (the min for SAC)."""
+    return jnp.mean(jnp.exp(log_temperature) * log_prob - q)
+
+
+def critic_loss(
+    actor: GaussianActor,
+    critic: EnsembleCritic,
+    gamma: float,
+    critic_params,
+    state: SACState,
+    batch: Batch,
+    key: jax.Array,
+):
+    """Soft Bellman residual (eqs. 5-6), with clipped double-Q on the target networks:
+    ``(loss, metrics)``."""
+    next_action, next_log_prob = sample_action(actor, state.actor_params, batch.next_obs, key)
+    next_q = critic.apply(state.target_critic_params, batch.next_obs, next_action)
+    temperature = jnp.exp(state.log_temperature)
+    target = soft_td_target(
+        batch.reward, batch.terminated, next_q, next_log_prob, temperature, gamma
+    )
+    q = critic.apply(critic_params, batch.obs, batch.action)
+    loss = critic_regression_loss(q, target)
+    return loss, {"critic_loss": loss, "q_mean": q.mean()}
+
+
+def actor_loss(
+    actor: GaussianActor,
+    critic: EnsembleCritic,
+    actor_params,
+    critic_params,
+    log_temperature: jax.Array,
+    obs: jax.Array,
+    key: jax.Array,
+):
+    """Policy objective (eq. 7) with the reparameterisation trick (eq. 9) on the min over the
+    critics: ``(loss, entropy estimate -log pi [B])``."""
+    action, log_prob = sample_action(actor, actor_params, obs, key)
+    q = critic.apply(critic_params, obs, action).min(axis=0)
+    return soft_policy_loss(q, log_prob, log_temperature), -log_prob
 
 
 def make(config: SACConfig, spec: EnvSpec) -> Agent:
@@ -71,28 +147,8 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
             temperature_optimizer,
         )
 
-    def sample_action(actor_params, obs, key):
-        mean, log_std = actor.apply(actor_params, obs)
-        return squashed_gaussian_sample(mean, log_std, key)
-
-    def critic_loss_fn(critic_params, state: SACState, batch: Batch, key):
-        """Soft Bellman residual (eqs. 5-6), with clipped double-Q on the target networks."""
-        next_action, next_log_prob = sample_action(state.actor_params, batch.next_obs, key)
-        next_q = critic.apply(state.target_critic_params, batch.next_obs, next_action).min(axis=0)
-        temperature = jnp.exp(state.log_temperature)
-        target = td_target(
-            batch.reward, batch.terminated, next_q - temperature * next_log_prob, config.gamma
-        )
-        q = critic.apply(critic_params, batch.obs, batch.action)
-        loss = 0.5 * jnp.sum(jnp.mean((q - jax.lax.stop_gradient(target)) ** 2, axis=-1))
-        return loss, {"critic_loss": loss, "q_mean": q.mean()}
-
-    def actor_loss_fn(actor_params, critic_params, log_temperature, obs, key):
-        """Policy objective (eq. 7) with the reparameterisation trick (eq. 9)."""
-        action, log_prob = sample_action(actor_params, obs, key)
-        q = critic.apply(critic_params, obs, action).min(axis=0)
-        loss = jnp.mean(jnp.exp(log_temperature) * log_prob - q)
-        return loss, -log_prob
+    critic_loss_fn = functools.partial(critic_loss, actor, critic, config.gamma)
+    actor_loss_fn = functools.partial(actor_loss, actor, critic)
 
     def gradient_step(state: SACState, batch: Batch, key: jax.Array) -> tuple[SACState, Metrics]:
         critic_key, actor_key = jax.random.split(key)
@@ -142,7 +198,7 @@ def make(config: SACConfig, spec: EnvSpec) -> Agent:
         if deterministic:
             mean, _ = actor.apply(state.actor_params, obs)
             return jnp.tanh(mean)
-        return sample_action(state.actor_params, obs, key)[0]
+        return sample_action(actor, state.actor_params, obs, key)[0]
 
     @jax.jit
     def update(state: SACState, batch: Batch, key: jax.Array) -> tuple[SACState, Metrics]:
