@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 import diffmaxent
+from diffmaxent.registry import make_agent
 
 # One width for actor and critics keeps the agents tiny; both spellings of the field are listed
 # so that the script runs on code from before and after `hidden_dims` was split.
@@ -83,7 +84,7 @@ def gradient_steps(algo: str) -> dict:
         algo, "Pendulum-v1", overrides=overrides(algo, {"updates_per_step": 2})
     )
     env = diffmaxent.make_env("Pendulum-v1", seed=0)
-    agent = diffmaxent.ALGOS[algo].make(config.agent, env.env_spec)
+    agent = make_agent(config, env.env_spec)
     state = agent.init(jax.random.PRNGKey(0))
     if _is_on_policy(algo):
         source = _rollout_source(agent, state, config)

@@ -29,10 +29,11 @@ from diffmaxent.config import (
     replace_validated,
 )
 from diffmaxent.envs import env_suite
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.factory import EnvSpec, paper_env_warning
 from diffmaxent.errors import (
     BiasedEstimatorWarning,
     DamagedFileWarning,
+    PaperEnvWarning,
     PresetSuiteWarning,
     TrainingStopped,
     UsageError,
@@ -45,7 +46,7 @@ from diffmaxent.loops.bookkeeping import (
     TrainResult,
 )
 from diffmaxent.loops.seeds import SEED_BATCHING
-from diffmaxent.registry import AlgoSpec, get_algo
+from diffmaxent.registry import AlgoSpec, get_algo, make_agent
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
 DEFAULT_ALGO = "maxentdp"
@@ -97,7 +98,9 @@ def resolve_config(
 
 
 def warn_if_wrong_suite(spec: AlgoSpec, preset: str, env: str) -> None:
-    """Warn (:class:`PresetSuiteWarning`) when ``preset`` was tuned on another suite than env's."""
+    """Warn (:class:`PresetSuiteWarning`) when ``preset`` was tuned on another suite than env's,
+    and (:class:`PaperEnvWarning`) when a Gym preset from the papers meets a Gym version whose
+    observations or rewards differ from the papers' v3."""
     suite, env_is = spec.presets[preset].suite, env_suite(env)
     if suite is not None and suite != env_is:
         others = [name for name, p in spec.presets.items() if p.suite == env_is]
@@ -108,6 +111,9 @@ def warn_if_wrong_suite(spec: AlgoSpec, preset: str, env: str) -> None:
             PresetSuiteWarning,
             stacklevel=3,
         )
+    paper_env = paper_env_warning(env) if suite == "gym" else None
+    if paper_env is not None:
+        warnings.warn(f"preset {preset!r}: {paper_env}", PaperEnvWarning, stacklevel=3)
 
 
 def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
@@ -288,7 +294,7 @@ def train(
         run_dir = Path(out) if out is not None else default_run_directory(algo, env, seed)
         runs.check_output_directory(run_dir, force)
         env_spec = _env_spec(config)
-        agent = spec.make(config.agent, env_spec)
+        agent = make_agent(config, env_spec)
         with _holding([run_dir]):
             # Checked again under the lock: a run may have finished there since the check above.
             runs.check_output_directory(run_dir, force)
@@ -301,7 +307,7 @@ def train(
     for directory in (group_dir, *members):
         runs.check_output_directory(directory, force)
     env_spec = _env_spec(config)
-    agent = spec.make(config.agent, env_spec)
+    agent = make_agent(config, env_spec)
     with _holding([group_dir, *members]):
         for directory in (group_dir, *members):
             runs.check_output_directory(directory, force)
@@ -388,7 +394,7 @@ def _resume(
     with _holding([run_dir]):
         config, env_spec = _resumed_config(run_dir, steps)
         spec = get_algo(config.algo)
-        agent = spec.make(config.agent, env_spec)
+        agent = make_agent(config, env_spec)
         setup = RunSetup(config, env_spec, run_dir, progress, resume=True, wandb=wandb)
         return _run(spec, [setup], agent)[0]
 
@@ -428,7 +434,7 @@ def _resume_group(
                 "larger total to train it longer"
             )
         spec = get_algo(first_config.algo)
-        agent = spec.make(first_config.agent, env_spec)
+        agent = make_agent(first_config, env_spec)
         stop = StopRequest()
         setups = [
             RunSetup(
@@ -618,7 +624,7 @@ def load(
     """
     run_dir = Path(run_dir)
     config, env_spec = run_config(run_dir)
-    agent = get_algo(config.algo).make(config.agent, env_spec)
+    agent = make_agent(config, env_spec)
     template = agent.init(jax.random.PRNGKey(0))
 
     def read(directory: Path) -> tuple[Any, int]:

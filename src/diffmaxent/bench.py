@@ -23,7 +23,7 @@ from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.errors import UsageError
 from diffmaxent.loops import REPLAY
-from diffmaxent.registry import get_algo
+from diffmaxent.registry import get_algo, make_agent
 
 
 def _dot_flops(eqn: Any) -> float:
@@ -133,7 +133,7 @@ def run_bench(
     config = resolve_config(algo, env_id, preset=preset, overrides=overrides, seed=seed)
     env = config.make_env(seed)
     spec = env.env_spec
-    agent = get_algo(algo).make(config.agent, spec)
+    agent = make_agent(config, spec)
     key = jax.random.PRNGKey(seed)
     state = agent.init(key)
 

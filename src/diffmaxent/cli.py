@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from diffmaxent import api, results, runs, sweep
+from diffmaxent import api, reproduce, results, runs, sweep
 from diffmaxent.bench import run_bench
 from diffmaxent.config import parse_assignments
 from diffmaxent.errors import (
@@ -245,6 +245,42 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         help="fraction of a GPU per trial, e.g. 0.25 (default %(default)s)",
     )
+    reproduce_parser = commands.add_parser(
+        "reproduce",
+        help="run a published protocol (tasks, steps, presets, seeds) and compare with the paper",
+    )
+    reproduce_parser.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="the protocol: maxentdp-gym, dime-dmc, dime-gym or multigoal (--list shows them)",
+    )
+    reproduce_parser.add_argument(
+        "--list", action="store_true", help="list the protocols and exit (default: off)"
+    )
+    reproduce_parser.add_argument(
+        "--seeds",
+        default=None,
+        type=_int("--seeds"),
+        help="seeds per algorithm and env (default: as many as the paper used)",
+    )
+    reproduce_parser.add_argument(
+        "--scale",
+        default=1.0,
+        type=float,
+        help="fraction of the env steps, random steps and evaluation interval, e.g. 0.01 for "
+        "a CPU-sized smoke run (default %(default)s: the published protocol)",
+    )
+    reproduce_parser.add_argument(
+        "--out",
+        default=None,
+        help="protocol directory; the same command continues it (default runs/reproduce-NAME)",
+    )
+    reproduce_parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output (default: a bar on a terminal, else a line per evaluation)",
+    )
     return parser
 
 
@@ -412,6 +448,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.list:
+        for line in reproduce.protocol_lines():
+            print(line)
+        return 0
+    if args.name is None:
+        raise UsageError("name a protocol (diffmaxent reproduce --list shows them)")
+    progress = False if args.quiet else None
+    outcome = reproduce.reproduce(
+        args.name, seeds=args.seeds, scale=args.scale, out=args.out, progress=progress
+    )
+    sys.stdout.write(outcome.comparison.read_text())
+    print(f"comparison {outcome.comparison}; figure {outcome.figure}")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
 
     spec = get_algo(args.algo)
@@ -489,6 +541,7 @@ def _main(argv: Sequence[str] | None) -> int:
             "plot": _cmd_plot,
             "compare": _cmd_compare,
             "sweep": _cmd_sweep,
+            "reproduce": _cmd_reproduce,
         }[args.command]
         return handler(args)
     except UsageError as error:

@@ -20,6 +20,11 @@ class PresetSuiteWarning(DiffmaxentWarning):
     """A preset tuned for one benchmark suite was picked for an env of another."""
 
 
+class PaperEnvWarning(DiffmaxentWarning):
+    """A preset with the papers' Gym settings was picked for a Gym version that is not the one
+    the papers' numbers came from."""
+
+
 class DamagedFileWarning(DiffmaxentWarning):
     """A damaged run file was skipped in favour of an older intact one."""
 

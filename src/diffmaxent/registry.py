@@ -11,17 +11,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, sac
+from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.errors import UsageError
 from diffmaxent.loops import REPLAY, ROLLOUT, Loop
+from diffmaxent.loops.bookkeeping import ResolvedConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class AlgoSpec:
     """One algorithm: its config class, ``make(config, env_spec)`` building its pure functions,
-    its presets, the loop that trains it, and ``config_warnings(config)``: one line for each
-    setting that runs but misleads (shown when a config is resolved)."""
+    its presets, the loop that trains it, ``config_warnings(config)``: one line for each
+    setting that runs but misleads (shown when a config is resolved), and the float32 matmul
+    precision that ``matmul_precision=auto`` means for it (docs/benchmarks.md, "GPU numerics")."""
 
     name: str
     description: str
@@ -30,6 +33,7 @@ class AlgoSpec:
     presets: Mapping[str, Preset]
     loop: Loop
     config_warnings: Callable[[Any], list[str]] = lambda config: []
+    matmul_precision: str = "default"
 
 
 ALGOS: dict[str, AlgoSpec] = {
@@ -51,6 +55,9 @@ ALGOS: dict[str, AlgoSpec] = {
             maxentdp.PRESETS,
             REPLAY,
             maxentdp.config_warnings,
+            # The QNE weights softmax(Q / beta) turn TF32's ~0.1 error at |Q| ~ 300 into a
+            # factor e^10 at beta = 0.01.
+            matmul_precision="highest",
         ),
         AlgoSpec(
             "dime",
@@ -108,3 +115,16 @@ def get_algo(name: str) -> AlgoSpec:
     if name not in ALGOS:
         raise UsageError(f"unknown algo {name!r}; accepted: {', '.join(ALGOS)}")
     return ALGOS[name]
+
+
+def matmul_precision(config: ResolvedConfig) -> str:
+    """The precision a run's agent is traced at: its ``matmul_precision``, ``auto`` resolved to
+    the algorithm's own choice."""
+    chosen = config.loop.matmul_precision
+    return get_algo(config.algo).matmul_precision if chosen == "auto" else chosen
+
+
+def make_agent(config: ResolvedConfig, env_spec: EnvSpec) -> Agent:
+    """The agent of a resolved run config, its functions traced at the run's matmul precision."""
+    agent = get_algo(config.algo).make(config.agent, env_spec)
+    return with_matmul_precision(agent, matmul_precision(config))

@@ -3,6 +3,7 @@ CrossQ-style agents, gradient steps, Polyak averaging and the temperature step."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -31,6 +32,37 @@ class Agent(NamedTuple):
     act: Callable[..., jax.Array]
     update: Callable[..., tuple[Any, Metrics]]
     phases: Mapping[str, Callable[..., Any]] = {}
+
+
+MATMUL_PRECISIONS: tuple[str, ...] = ("default", "high", "highest")
+
+
+def with_matmul_precision(agent: Agent, precision: str) -> Agent:
+    """``agent`` whose functions trace their float32 matrix products at ``precision``.
+
+    ``default`` is the backend's own choice: full float32 on CPUs, TF32 (a 10-bit mantissa) on
+    NVIDIA GPUs since Ampere; ``highest`` is full float32 everywhere; ``high`` is bf16_3x / TF32
+    by backend. JAX reads the setting when it traces, so the wrapped functions carry it into
+    every jitted caller (the loops' seed axis included)."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"unknown matmul precision {precision!r}; expected {MATMUL_PRECISIONS}")
+    if precision == "default":
+        return agent
+
+    def traced_at_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with jax.default_matmul_precision(precision):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    return Agent(
+        init=traced_at_precision(agent.init),
+        act=traced_at_precision(agent.act),
+        update=traced_at_precision(agent.update),
+        phases={name: traced_at_precision(fn) for name, fn in agent.phases.items()},
+    )
 
 
 class ActorCriticState(struct.PyTreeNode):

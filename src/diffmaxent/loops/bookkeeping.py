@@ -27,7 +27,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -54,14 +54,17 @@ Snapshot = Callable[[], tuple[Arrays, dict[str, Any]]]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluationSchedule:
-    """Loop settings every loop has: when and how to evaluate and checkpoint, and the action
-    repeat of its envs."""
+    """Loop settings every loop has: when and how to evaluate and checkpoint, the action repeat
+    of its envs, and the float32 matrix-product precision its agent is traced at."""
 
     eval_every: int = hp(2_000, "env steps between evaluations and checkpoints", low=1)
     eval_episodes: int = hp(10, "episodes per evaluation", low=1)
     eval_deterministic: bool = hp(True, "evaluate the policy's deterministic action")
     checkpoint_keep: int = hp(3, "checkpoints kept (newest)", low=1)
     action_repeat: int = hp(1, "env steps per agent action, rewards summed (DMC)", low=1)
+    matmul_precision: Literal["auto", "default", "high", "highest"] = hp(
+        "auto", "float32 matmul precision (GPU default: TF32); auto = the algorithm's choice"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
