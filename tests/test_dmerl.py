@@ -13,7 +13,6 @@ import optax
 import pytest
 
 import diffmaxent
-from agent_helpers import tiny_agent
 from diffmaxent import cli, runs
 from diffmaxent.agents import diffsac, diffwpo
 from diffmaxent.agents.onpolicy import ObsNorm, gae, minibatch_epochs
@@ -424,25 +423,30 @@ def test_wpo_dual_step_raises_the_multiplier_only_while_kl_exceeds_its_bound(kl,
         assert float(log_multiplier) == pytest.approx(direction * 0.1 * step, abs=1e-5)
 
 
-def test_diffwpo_update_moves_the_multiplier_with_the_kl_against_its_bound():
-    """The agent wires the KL of its own loss into the dual step: from a reference actor far from
-    the actor (KL above the bound) lambda rises; from the actor itself it falls."""
-    overrides = {"critic_hidden_dims": "32,32", "actor_hidden_dims": "32,32"}
-    agent, buffer, config = tiny_agent("diffwpo", {**overrides, "num_diffusion_steps": 2})
-    state = agent.init(jax.random.PRNGKey(0))
-    batch = buffer.sample(np.random.default_rng(0), 32, 3)
-    key = jax.random.PRNGKey(1)
-    far = jax.tree_util.tree_map(lambda p: p + 1.0, state.actor_params)
-    away = state.replace(improvement={**state.improvement, "reference_actor": far})
-    start = float(state.improvement["log_kl_multiplier"])
+def test_diffwpo_rule_moves_the_multiplier_with_its_own_kl_against_the_bound():
+    """The rule wires the KL of its own loss into the dual step: from a reference actor far from
+    the actor (KL above the bound) lambda rises; from the actor itself (KL = 0) it falls."""
+    config = diffmaxent.resolve_config(
+        "diffwpo", "Pendulum-v1", overrides={"num_diffusion_steps": 2, "actor_hidden_dims": "32,32"}
+    ).agent
+    policy = config.denoising_policy(1)
 
-    moved, metrics = agent.update(away, batch, key)
-    assert float(metrics["kl"]) > config.agent.kl_bound
-    assert float(moved.improvement["log_kl_multiplier"]) > start
+    def soft_q(critic_params, obs, x, first_level):
+        return -jnp.sum(x**2, axis=-1)
 
-    stayed, metrics = agent.update(state, batch, key)
-    assert float(metrics["kl"]) < config.agent.kl_bound
-    assert float(stayed.improvement["log_kl_multiplier"]) < start
+    rule = diffwpo.wpo_improvement(config)(diffsac.Context(policy, soft_q, 2))
+    params = policy.init(jax.random.PRNGKey(0), 3)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+    chain = policy.denoise(params, obs, jax.random.PRNGKey(2))
+    near = rule.init(params)
+    far = {**near, "reference_actor": jax.tree_util.tree_map(lambda p: p + 1.0, params)}
+    start = float(near["log_kl_multiplier"])
+    loss = jax.jit(rule.loss)  # one compilation instead of many eager second derivatives
+    for aux, above in ((far, True), (near, False)):
+        _, metrics = loss(params, aux, None, 0.1, obs, chain, jax.random.PRNGKey(3))
+        assert (float(metrics["kl"]) > config.kl_bound) == above
+        moved = float(rule.step(aux, params, metrics)["log_kl_multiplier"])
+        assert (moved > start) == above and moved != start
 
 
 # --- GAE, soft rewards, normaliser ---------------------------------------------------------------
