@@ -350,11 +350,12 @@ PRESETS = {
         },
         "paper plus the layer the DA-MDP PPO run applies over its base config "
         "(config/DA_MDP_PPO/overrides/default.yaml): prior_std 3, step_size 0.5 (dt 0.125 / "
-        "friction 0.25), min_step_fraction 0.17, a fixed temperature 2e-4 (its entropy_coef; "
-        "its temperature Lagrangian is off), 12 epochs, clip_value off (its critic is "
-        "categorical and unclipped). Not reproduced: learned step sizes, the categorical "
-        "HL-Gauss critic and its auxiliary losses, advantages centred but not scaled, truncated "
-        "transitions left out of the losses, 2048 envs in 64 minibatches.",
+        "friction 0.25), min_step_fraction 0.17, a fixed temperature 2e-4 (its entropy_coef: "
+        "both config layers leave off the temperature Lagrangian whose start and target paper "
+        "uses), 12 epochs, clip_value off (its critic is categorical and unclipped). Not "
+        "reproduced: learned step sizes and friction, the categorical HL-Gauss critic and its "
+        "auxiliary losses, advantages centred but not scaled, truncated transitions left out "
+        "of the losses, 2048 envs in 64 minibatches.",
         suite="dmc",
     ),
     "cpu": Preset(
