@@ -560,11 +560,14 @@ def test_rollout_keeps_the_real_final_observation_at_an_episode_end():
 
 @pytest.mark.parametrize("algo", ["ppo", "diffppo"])
 @pytest.mark.parametrize("soft_reward", ["paper", "official"])
-def test_truncation_bootstraps_from_next_obs_and_termination_does_not(algo, soft_reward):
+def test_truncation_bootstraps_like_an_ongoing_step_and_termination_does_not(algo, soft_reward):
     if algo == "ppo" and soft_reward == "official":
         pytest.skip("ppo has no soft reward")
     extra = {"soft_reward": soft_reward} if algo == "diffppo" else {}
-    agent, source, _ = tiny_on_policy_agent(algo, {**TINY_ON_POLICY[algo], **extra})
+    # gae_lambda = 0: no advantage trace crosses an env transition, so the trace that an episode
+    # end cuts is zero anyway and only the bootstrap can tell the cases apart.
+    overrides = {**TINY_ON_POLICY[algo], **extra, "gae_lambda": 0.0}
+    agent, source, _ = tiny_on_policy_agent(algo, overrides)
     state = agent.init(jax.random.PRNGKey(0))
     rollout = source.rollout
     key = jax.random.PRNGKey(3)
@@ -579,9 +582,12 @@ def test_truncation_bootstraps_from_next_obs_and_termination_does_not(algo, soft
         changed = rollout._replace(terminated=term, truncated=trunc, next_obs=next_obs)
         return float(agent.update(state, changed, key)[1]["value_loss"])
 
-    # Truncated: the real next state is bootstrapped, so changing it changes the update ...
+    for shift in (0.0, 0.5):
+        # A truncation bootstraps from the stored next state exactly as an ongoing step does ...
+        assert loss_with(0.0, 1.0, shift) == loss_with(0.0, 0.0, shift)
+    # ... which is what is bootstrapped (not the next row's observation) ...
     assert loss_with(0.0, 1.0, 0.0) != loss_with(0.0, 1.0, 0.5)
-    # ... terminated: nothing after it counts.
+    # ... and a termination bootstraps nothing.
     assert loss_with(1.0, 0.0, 0.0) == loss_with(1.0, 0.0, 0.5)
 
 
