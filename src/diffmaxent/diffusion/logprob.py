@@ -20,9 +20,11 @@ gives the paper's eq. 19 / Theorem 6 (Kong et al. 2023's information-theoretic f
 * **Quadrature.** ``f`` is estimated at each node with ``num_samples`` noise draws, independent
   across nodes. Each node's estimate is unbiased for ``f``, so the only bias is the rule's.
   ``antithetic=True`` uses pairs ``(eps, -eps)``: that cancels the part of the error odd in ``eps``
-  but doubles up the even part ``||eps||^2``, which dominates at high SNR, and measured with the
-  exact denoiser it *raised* the per-action standard deviation (e.g. 0.73 -> 0.99 nats per dim
-  at std 1, 12 nodes x 8 samples), so it is off by default.
+  but doubles up the even part ``||eps||^2``, which dominates at high SNR; alone it *raised* the
+  per-action standard deviation (e.g. 0.73 -> 0.99 nats per dim at std 1, 12 nodes x 8 samples).
+  With the control variate, which removes the even part, the pairs cancel most of what is left
+  (12 x 8: 0.23 -> 0.01 at std 1, 0.34 -> 0.19 on a 4-mode mixture; docs/benchmarks.md), so the
+  ``fast`` preset uses both; the default is off, as the paper.
 * **Data term.** ``1/2 int_{lam_hi}^{inf} f`` needs the network beyond its trained range, so it is
   dropped. For a policy that is locally Gaussian with per-dimension std ``s`` it equals
   ``1/2 log(sigmoid(lam_hi) + sigmoid(-lam_hi) / s^2) ~= exp(-lam_hi) / (2 s^2)`` per dimension:
