@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffmaxent import resolve_config
 from diffmaxent.agents.ppo import gaussian_entropy, ppo_loss
 
 CLIP = 0.2
@@ -91,3 +92,11 @@ def test_entropy_is_the_gaussians_and_its_bonus_raises_the_std():
         jnp.asarray(LOG_STD, jnp.float32)
     )
     np.testing.assert_allclose(grad, [-0.01, -0.01], rtol=1e-5)  # descent widens the policy
+
+
+@pytest.mark.filterwarnings("ignore::diffmaxent.errors.PresetSuiteWarning")
+def test_paper_preset_evaluates_sampled_actions_as_the_da_mdp_baseline_does():
+    """The DA-MDP PPO baseline evaluates a Gaussian sample (docs/evaluation.md); the cpu preset
+    keeps the mean, which its learning-test budget was measured with."""
+    assert resolve_config("ppo", "dmc:cheetah-run", preset="paper").loop.eval_deterministic is False
+    assert resolve_config("ppo", "Pendulum-v1", preset="cpu").loop.eval_deterministic is True

@@ -242,9 +242,11 @@ PRESETS = {
             "batch_size": 256,
             "num_envs": 16,
             "rollout_steps": 256,
+            # The baseline's evaluation samples the Gaussian (ppo_mjx.py, make_policy).
+            "eval_deterministic": False,
         },
         "The DA-MDP code's PPO baseline settings (it runs DeepMind Control on MJX) where they "
-        "apply to a CPU vector env.",
+        "apply to a CPU vector env, and its evaluation: sampled actions.",
         suite="dmc",
     ),
     "cpu": Preset(
