@@ -27,8 +27,9 @@ def test_maxentdp_reaches_minus_250_on_pendulum(tmp_path):
 
 
 @pytest.mark.learning
-def test_maxentdp_keeps_at_least_three_goals_on_multigoal(tmp_path):
-    # One seed in CI; docs/benchmarks.md records three seeds.
+def test_maxentdp_reaches_every_goal_on_multigoal(tmp_path):
+    # Fig. 1 of the paper: every goal in at least 10% of 50 sampled episodes. One seed in CI;
+    # docs/benchmarks.md records three.
     result = diffmaxent.train(
         "maxentdp",
         "MultiGoal-v0",
@@ -40,7 +41,7 @@ def test_maxentdp_keeps_at_least_three_goals_on_multigoal(tmp_path):
     )
     stats = result.summary["stochastic_episodes"]
     print("MaxEntDP MultiGoal-v0, 50 sampled episodes:", stats)
-    assert stats["goals_reached"] >= 3
-    assert stats["max_goal_share"] <= 0.6
-    assert stats["goal_episodes"] >= 40  # the modes are goals actually reached, not wandering
+    counts = [stats[f"goal_{index}"] for index in range(4)]
+    assert min(counts) >= 0.1 * stats["episodes"]
+    assert stats["goal_episodes"] >= 40  # the policy heads for the goals rather than wandering
     assert (result.run_dir / "trajectories.png").exists()
