@@ -72,6 +72,15 @@ def test_scale_shrinks_steps_random_steps_and_evaluation_interval(tmp_path):
     assert full.overrides == {"eval_every": 10_000, "learning_starts": 10_000}
 
 
+def test_env_filter_keeps_only_the_named_envs_and_refuses_others(tmp_path):
+    protocol = reproduce.load_protocols()["maxentdp-gym"]
+    planned = reproduce.plan(protocol, tmp_path, envs=["paper/HalfCheetah-v3"])
+    assert [run.env for run in planned] == ["paper/HalfCheetah-v3"]
+    assert planned[0].group_dir == tmp_path / "maxentdp-paper-HalfCheetah-v3"
+    with pytest.raises(UsageError, match="has no env 'HalfCheetah-v5'; its envs: paper/"):
+        reproduce.plan(protocol, tmp_path, envs=["HalfCheetah-v5"])
+
+
 @pytest.mark.parametrize("scale", [0, -0.5, 1.5, float("nan")])
 def test_a_bad_scale_is_refused(tmp_path, scale):
     with pytest.raises(UsageError, match="--scale"):

@@ -277,6 +277,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="protocol directory; the same command continues it (default runs/reproduce-NAME)",
     )
     reproduce_parser.add_argument(
+        "--env",
+        action="append",
+        default=None,
+        dest="envs",
+        metavar="ENV",
+        help="only the protocol's runs on this env; repeatable (default: every env)",
+    )
+    reproduce_parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress output (default: a bar on a terminal, else a line per evaluation)",
@@ -457,7 +465,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise UsageError("name a protocol (diffmaxent reproduce --list shows them)")
     progress = False if args.quiet else None
     outcome = reproduce.reproduce(
-        args.name, seeds=args.seeds, scale=args.scale, out=args.out, progress=progress
+        args.name,
+        seeds=args.seeds,
+        scale=args.scale,
+        out=args.out,
+        progress=progress,
+        envs=args.envs,
     )
     sys.stdout.write(outcome.comparison.read_text())
     print(f"comparison {outcome.comparison}; figure {outcome.figure}")

@@ -131,13 +131,26 @@ class PlannedRun:
     group_dir: Path
 
 
-def plan(protocol: Protocol, out: Path, seeds: int | None = None, scale: float = 1.0):
-    """The groups ``reproduce`` trains, each with its steps and its scaled loop settings.
+def plan(
+    protocol: Protocol,
+    out: Path,
+    seeds: int | None = None,
+    scale: float = 1.0,
+    envs: Sequence[str] | None = None,
+) -> list[PlannedRun]:
+    """The groups ``reproduce`` trains, each with its steps and its scaled loop settings; with
+    ``envs``, only the protocol's runs on those envs.
 
     Raises:
-        UsageError: a bad ``seeds`` or ``scale``, or a protocol run naming an unknown algo or
-            preset.
+        UsageError: a bad ``seeds``, ``scale`` or env, or a protocol run naming an unknown algo
+            or preset.
     """
+    protocol_envs = list(dict.fromkeys(env for _, _, env in protocol.runs))
+    unknown = [env for env in envs or () if env not in protocol_envs]
+    if unknown:
+        raise UsageError(
+            f"{protocol.name} has no env {unknown[0]!r}; its envs: {', '.join(protocol_envs)}"
+        )
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0 < scale <= 1):
         raise UsageError(f"--scale must be a number in (0, 1], got {scale!r}")
     count = protocol.seeds if seeds is None else seeds
@@ -146,6 +159,8 @@ def plan(protocol: Protocol, out: Path, seeds: int | None = None, scale: float =
     steps = max(1, round(protocol.steps * scale))
     planned = []
     for algo, preset, env in protocol.runs:
+        if envs and env not in envs:
+            continue
         loop = api.resolve_config(algo, env, steps=steps, preset=preset).loop
         overrides = {"eval_every": min(steps, max(1, round(loop.eval_every * scale)))}
         if hasattr(loop, "learning_starts"):
@@ -173,6 +188,7 @@ def reproduce(
     out: str | Path | None = None,
     progress: bool | None = None,
     published_file: Path = PUBLISHED_FILE,
+    envs: Sequence[str] | None = None,
 ) -> ReproduceResult:
     """Run protocol ``name`` (see the module docstring) and write its comparison and figure.
 
@@ -181,13 +197,14 @@ def reproduce(
         scale: fraction of the protocol's env steps, random steps and evaluation interval.
         out: the protocol's directory (default ``runs/reproduce-<name>``); running the same
             command again continues it.
+        envs: only the protocol's runs on these envs (default: all of them).
 
     Raises:
         UsageError: bad arguments, or ``out`` holding a group of other settings.
     """
     protocol = get_protocol(name, published_file)
     out = Path(out) if out is not None else Path("runs") / f"reproduce-{name}"
-    planned = plan(protocol, out, seeds, scale)
+    planned = plan(protocol, out, seeds, scale, envs)
     for run in planned:
         _check_existing(run)
     trained, kept = [], []
