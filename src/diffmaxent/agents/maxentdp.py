@@ -412,7 +412,8 @@ PRESETS = {
         },
         "Small K, T, N and batch, LayerNorm, a second-order sampler and a Gauss-Legendre "
         "log-prob with a control variate: tens of ms per update on 2 CPU cores; learns "
-        "Pendulum-v1 and MultiGoal-v0.",
-        per_task={"MultiGoal": {"temperature": 10.0}},
+        "Pendulum-v1, and on MultiGoal-v0 (beta 10, learning rates 1e-3) keeps all four goals "
+        "in 5 of 6 seeds (docs/benchmarks.md, MultiGoal).",
+        per_task={"MultiGoal": {"temperature": 10.0, "actor_lr": 1e-3, "critic_lr": 1e-3}},
     ),
 }
