@@ -416,17 +416,24 @@ def test_actor_and_temperature_step_once_per_policy_delay_critic_steps(algo, ove
 
 
 @pytest.mark.parametrize(
-    "target, per_dim, rises",
+    "target, per_dim, loss, rises",
     [
         # Official: the initial running cost (about 3 per dimension) is below 4|A|, i.e. the
-        # entropy proxy is above its target, so alpha falls.
-        ("running_cost", "auto", False),
+        # entropy proxy is above its target, so alpha falls, with either form of the loss.
+        ("running_cost", "auto", "log_alpha", False),
+        ("running_cost", "auto", "alpha", False),
         # The full bound (about -0.65 nats per dimension at the start) below a target of +5.
-        ("bound", 5.0, True),
+        ("bound", 5.0, "log_alpha", True),
+        ("bound", 5.0, "alpha", True),
     ],
 )
-def test_temperature_target_direction(target, per_dim, rises):
-    overrides = {**SMALL_DIME, "temperature_target": target, "target_entropy_per_dim": per_dim}
+def test_temperature_target_direction(target, per_dim, loss, rises):
+    overrides = {
+        **SMALL_DIME,
+        "temperature_target": target,
+        "target_entropy_per_dim": per_dim,
+        "temperature_loss": loss,
+    }
     agent, buffer = _agent("dime", overrides)
     state = agent.init(jax.random.PRNGKey(0))
     state, metrics = agent.update(
