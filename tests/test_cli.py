@@ -216,7 +216,8 @@ def test_every_option_of_every_subcommand_has_a_help_line_with_its_default():
 
     parser = _build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    commands_named = {"train", "eval", "bench", "algos", "presets", "plot", "compare", "sweep"}
+    commands_named = {"train", "eval", "bench", "algos", "presets", "plot", "compare", "sweep",
+                      "reproduce"}  # fmt: skip
     assert set(commands.choices) == commands_named
     for name, subparser in commands.choices.items():
         for action in subparser._actions:
