@@ -111,11 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also log to Weights & Biases (pip install 'diffmaxent[wandb]'; WANDB_MODE=offline "
         "works without a network) (default: TensorBoard event files only)",
     )
-    train.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress output (default: a bar on a terminal, else a line per evaluation)",
-    )
+    _add_quiet(train)
 
     evaluate = commands.add_parser("eval", help="evaluate the last checkpoint of a run")
     evaluate.add_argument("run_dir", help="a run directory written by `train`")
@@ -269,7 +265,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1.0,
         type=float,
         help="fraction of the env steps, random steps and evaluation interval, e.g. 0.01 for "
-        "a CPU-sized smoke run (default %(default)s: the published protocol)",
+        "a smoke run of the protocol (default %(default)s: the published protocol)",
     )
     reproduce_parser.add_argument(
         "--out",
@@ -284,12 +280,16 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="ENV",
         help="only the protocol's runs on this env; repeatable (default: every env)",
     )
-    reproduce_parser.add_argument(
+    _add_quiet(reproduce_parser)
+    return parser
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress output (default: a bar on a terminal, else a line per evaluation)",
     )
-    return parser
 
 
 def _add_reps(parser: argparse.ArgumentParser) -> None:

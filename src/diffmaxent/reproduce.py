@@ -361,41 +361,16 @@ def plot_against_published(
 ) -> None:
     """One panel per env: each group's IQM curve with its 95% band, and the published mean ±
     std as a point with an error bar at its step (where there is one)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def reference(algo: str, env: str) -> tuple[float, float, float] | None:
+        target = protocol.published_for(algo, env)
+        if target is None or target.mean is None:
+            return None
+        return float(target.step or protocol.steps), target.mean, target.std or 0.0
 
-    table = results.curves(results.find_runs([run.group_dir for run in planned]), reps=reps)
-    envs = list(dict.fromkeys(run.env for run in planned))
-    figure, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False)
-    for axis, env in zip(axes[0], envs, strict=True):
-        for curve in (curve for curve in table if curve.env == env):
-            (line,) = axis.plot(
-                curve.x, curve.iqm, marker=".", label=f"{curve.algo} ({curve.seeds} seeds)"
-            )
-            axis.fill_between(curve.x, curve.low, curve.high, alpha=0.25, color=line.get_color())
-            target = protocol.published_for(curve.algo, env)
-            if target is not None and target.mean is not None:
-                axis.errorbar(
-                    [target.step or protocol.steps],
-                    [target.mean],
-                    yerr=[target.std or 0.0],
-                    color=line.get_color(),
-                    marker="*",
-                    markersize=10,
-                    capsize=4,
-                    label=f"{curve.algo}, published (mean ± std)",
-                )
-        axis.set_title(env)
-        axis.set_xlabel("env steps")
-        axis.set_ylabel("evaluation return (IQM, 95% CI)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(protocol.title, fontsize=10)
-    figure.tight_layout()
-    results.save_figure(figure, out)
-    plt.close(figure)
+    records = results.find_runs([run.group_dir for run in planned])
+    table = results.curves(records, reps=reps)
+    results.plot_curves(table, out, reference=reference, title=protocol.title)
 
 
 def protocol_lines(path: Path = PUBLISHED_FILE) -> list[str]:

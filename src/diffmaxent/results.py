@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,8 +281,19 @@ def curves(records: Sequence[RunRecord], x: str = "steps", reps: int = 2_000) ->
     return result
 
 
-def plot_curves(table: Sequence[Curve], out: Path, x: str = "steps") -> None:
-    """One panel per env, one line per algorithm with its band; written atomically to ``out``."""
+# A published result to draw beside a curve: (env step, mean, std) of (algo, env), or None.
+Reference = Callable[[str, str], tuple[float, float, float] | None]
+
+
+def plot_curves(
+    table: Sequence[Curve],
+    out: Path,
+    x: str = "steps",
+    reference: Reference | None = None,
+    title: str | None = None,
+) -> None:
+    """One panel per env, one line per algorithm with its band; written atomically to ``out``.
+    ``reference(algo, env)`` adds a published mean ± std as a starred point at its step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,11 +307,20 @@ def plot_curves(table: Sequence[Curve], out: Path, x: str = "steps") -> None:
                 curve.x, curve.iqm, marker=".", label=f"{curve.algo} ({curve.seeds} seeds)"
             )
             axis.fill_between(curve.x, curve.low, curve.high, alpha=0.25, color=line.get_color())
+            published = reference(curve.algo, env) if reference is not None else None
+            if published is not None:
+                step, mean, std = published
+                axis.errorbar(
+                    [step], [mean], yerr=[std], color=line.get_color(), marker="*",
+                    markersize=10, capsize=4, label=f"{curve.algo}, published (mean ± std)",
+                )  # fmt: skip
         axis.set_title(env)
         axis.set_xlabel("env steps" if x == "steps" else "wall time (s)")
         axis.set_ylabel("evaluation return (IQM, 95% CI)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    if title is not None:
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, out)
     plt.close(figure)
