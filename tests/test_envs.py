@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffmaxent import diffusion
 from diffmaxent.api import resolve_config
-from diffmaxent.envs import make_env
+from diffmaxent.envs import make_env, mixture_bandit
 from diffmaxent.envs.factory import SAME_AS_PAPER_ENV, paper_env_id, paper_env_warning
 from diffmaxent.envs.multigoal import GOAL_POSITIONS, goal_counts, plot_trajectories
 from diffmaxent.errors import UsageError
@@ -313,3 +314,18 @@ def test_paper_presets_set_their_per_task_values_on_paper_ids():
     paper = get_algo("maxentdp").presets["paper"]
     assert config.agent.temperature == paper.per_task["Humanoid"]["temperature"]
     assert config.agent.temperature != resolve_config("maxentdp", "Pendulum-v1").agent.temperature
+
+
+def test_mixture_bandit_rewards_the_log_density_of_its_mixture_and_ends_after_one_step():
+    """The ground truth of DIME's Boltzmann test: reward log p(a) for the four-Gaussian mixture
+    (the same density as diffusion.mixture_log_prob), one step per episode."""
+    env = make_env(mixture_bandit.ENV_ID, seed=0)
+    env.reset()
+    action = np.array([0.45, -0.6], np.float32)
+    _, reward, terminated, _, _ = env.step(action)
+    expected = diffusion.mixture_log_prob(
+        action.astype(np.float64), mixture_bandit.MODES, mixture_bandit.MODE_STD
+    )
+    assert reward == pytest.approx(float(expected), abs=1e-5)
+    assert terminated  # (the one-step time limit also reports truncated; termination wins)
+    assert mixture_bandit.mixture_entropy() == pytest.approx(-0.378, abs=0.01)

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from diffmaxent.config import task_of
-from diffmaxent.envs import multigoal  # noqa: F401  (registers MultiGoal-v0)
+from diffmaxent.envs import mixture_bandit, multigoal  # noqa: F401  (register their ids)
 from diffmaxent.envs.dmc import DMC_PREFIX, DMCEnv, parse_dmc_id
 from diffmaxent.envs.paper_mujoco import PAPER_ENVS, paper_id  # registers paper/<Task>-v3
 from diffmaxent.errors import UsageError
