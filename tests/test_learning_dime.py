@@ -58,17 +58,15 @@ def test_crossq_reaches_minus_250_on_pendulum_within_6k_steps(tmp_path):
 
 @pytest.mark.learning
 @pytest.mark.long_learning
-def test_dime_keeps_several_goals_on_multigoal(tmp_path):
-    # The issue's criterion for one seed (the three-seed runs are in docs/benchmarks.md):
-    # 50 stochastic episodes after training reach at least 3 distinct goals and no goal takes
-    # more than 60% of the successful episodes.
+def test_dime_keeps_every_goal_on_multigoal(tmp_path):
+    # Fig. 1's criterion for one seed (the three-seed runs are in docs/benchmarks.md): every
+    # goal is where at least 10% of 50 sampled episodes end.
     result = diffmaxent.train(
         "dime", "MultiGoal-v0", steps=MULTIGOAL_STEPS, seed=0, out=tmp_path / "mg", progress=False
     )
     summary = json.loads((result.run_dir / "summary.json").read_text())["stochastic_episodes"]
     print("DIME MultiGoal-v0 stochastic episodes:", summary)
-    assert summary["goals_reached"] >= 3
-    assert summary["max_goal_share"] <= 0.6
+    assert all(summary[f"goal_{goal}"] >= 5 for goal in range(4))
 
 
 @pytest.mark.learning
