@@ -37,9 +37,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from diffmaxent import ALGOS, checkpoint, make_env, resolve_config
+from diffmaxent import checkpoint, make_env, resolve_config
 from diffmaxent.buffer import FIELDS, ReplayBuffer, prune_rows
 from diffmaxent.loops.bookkeeping import capture_env, key_array
+from diffmaxent.registry import make_agent
 
 
 def add_random_block(buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> None:
@@ -94,7 +95,7 @@ def agent_checkpoint_cost(
     config = resolve_config(algo, env_id, preset=preset)
     env = config.make_env(0)
     obs, _ = env.reset()
-    agent = ALGOS[algo].make(config.agent, env.env_spec)
+    agent = make_agent(config, env.env_spec)
     template = agent.init(jax.random.PRNGKey(0))
     arrays = {"key": key_array(jax.random.PRNGKey(1)), "obs": obs}
     meta = {

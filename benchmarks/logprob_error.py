@@ -42,11 +42,15 @@ SETTINGS = [
 ]
 
 
+def _draw_gaussian(key: jax.Array, std: float) -> jax.Array:
+    return std * jax.random.normal(key, (ACTIONS, DIM))
+
+
 def policies() -> list[tuple[str, diffusion.EpsFn, object]]:
     """(column name, exact noise predictor, (key -> actions [ACTIONS, DIM], log-density))."""
     result = []
     for std in STDS:
-        draw = functools.partial(lambda key, s: s * jax.random.normal(key, (ACTIONS, DIM)), s=std)
+        draw = functools.partial(_draw_gaussian, std=std)
         density = functools.partial(diffusion.gaussian_log_prob, mean=0.0, std=std)
         result.append((f"std {std}", diffusion.gaussian_eps_fn(0.0, std), draw, density))
     means = jnp.asarray(MIXTURE_MEANS)

@@ -37,6 +37,7 @@ from diffmaxent import ALGOS, make_env, resolve_config
 from diffmaxent.buffer import ReplayBuffer, zeros_batch
 from diffmaxent.loops import bookkeeping, replay
 from diffmaxent.loops.seeds import SeedAxis
+from diffmaxent.registry import make_agent
 
 CASES = ["sac:Pendulum-v1:3000", "maxentdp:MultiGoal-v0:3000"]
 
@@ -106,7 +107,7 @@ def _update_costs(algo: str, env_id: str, num_seeds: int, repeats: int = 30) -> 
     ``num_seeds`` seeds on a seed axis with each batching."""
     config = resolve_config(algo, env_id)
     env = make_env(env_id, seed=0)
-    agent = ALGOS[algo].make(config.agent, env.env_spec)
+    agent = make_agent(config, env.env_spec)
     env.close()
     loop = config.loop
     rng = np.random.default_rng(0)

@@ -31,6 +31,10 @@ TEMPERATURES = (0.01, 0.05, 0.2)
 CANDIDATE_RADII = (0.01, 0.05, 0.3)
 
 
+# Primitives that call an inner jaxpr, evaluated by recursion (they return a list of outputs).
+CALL_PRIMITIVES = ("pjit", "jit", "closed_call", "custom_jvp_call")
+
+
 def tf32(x: jax.Array) -> jax.Array:
     return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10)
 
@@ -53,17 +57,12 @@ def eval_with_tf32_products(closed_jaxpr, *args):
             name = eqn.primitive.name
             if name == "dot_general":
                 outputs = eqn.primitive.bind(*map(tf32, inputs), **eqn.params)
-            elif name in ("pjit", "jit", "closed_call", "custom_jvp_call"):
+            elif name in CALL_PRIMITIVES:
                 inner = eqn.params["jaxpr"] if "jaxpr" in eqn.params else eqn.params["call_jaxpr"]
                 outputs = run(inner.jaxpr, inner.consts, inputs)
             else:
                 outputs = eqn.primitive.bind(*inputs, **eqn.params)
-            if not eqn.primitive.multiple_results and name not in (
-                "pjit",
-                "jit",
-                "closed_call",
-                "custom_jvp_call",
-            ):
+            if not eqn.primitive.multiple_results and name not in CALL_PRIMITIVES:
                 outputs = [outputs]
             for var, value in zip(eqn.outvars, outputs, strict=True):
                 env[var] = value

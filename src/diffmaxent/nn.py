@@ -33,7 +33,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 KERNEL_INITS: tuple[str, ...] = ("lecun_normal", "xavier_uniform")
 
 
-def kernel_init(name: str, fan_in: int | None = None) -> nn.initializers.Initializer:
+def dense_kernel_init(name: str, fan_in: int | None = None) -> nn.initializers.Initializer:
     """The weight initialiser ``name`` for a Dense kernel ``[fan_in, fan_out]``.
 
     ``lecun_normal`` is flax's default; ``xavier_uniform`` (U(+-sqrt(6 / (fan_in + fan_out))))
@@ -74,7 +74,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
         for width in self.hidden_dims:
-            x = nn.Dense(width, kernel_init=kernel_init(self.kernel_init))(x)
+            x = nn.Dense(width, kernel_init=dense_kernel_init(self.kernel_init))(x)
             if self.layer_norm:
                 x = nn.LayerNorm()(x)
             x = act(x)
@@ -113,7 +113,7 @@ class QNetwork(nn.Module):
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         obs = left_align(obs, action.ndim - 1, 1)
         width = self.hidden_dims[0]
-        first_init = kernel_init(self.kernel_init, obs.shape[-1] + action.shape[-1])
+        first_init = dense_kernel_init(self.kernel_init, obs.shape[-1] + action.shape[-1])
         x = nn.Dense(width, use_bias=False, kernel_init=first_init, name="input_obs")(obs)
         x = x + nn.Dense(width, kernel_init=first_init, name="input_action")(action)
         if self.layer_norm:

@@ -272,16 +272,8 @@ def _complete(run: PlannedRun) -> bool:
 def goals_reached(run_dir: Path, min_share: float) -> int:
     """Goals reached by at least ``min_share`` of a MultiGoal run's sampled episodes at the end
     (its ``summary.json``)."""
-    summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
-    episodes = summary.get("stochastic_episodes")
-    if not isinstance(episodes, dict) or "episodes" not in episodes:
-        raise runs.DamagedFileError(f"{run_dir / runs.SUMMARY_FILE} holds no sampled episodes")
-    counts = [value for key, value in sorted(episodes.items()) if _is_goal_count(key)]
-    return sum(count >= min_share * episodes["episodes"] for count in counts)
-
-
-def _is_goal_count(key: str) -> bool:
-    return key.startswith("goal_") and key[len("goal_") :].isdigit()
+    counts, episodes = results.sampled_goal_counts(run_dir)
+    return sum(count >= min_share * episodes for count in counts)
 
 
 def comparison_markdown(protocol: Protocol, planned: Sequence[PlannedRun], scale: float) -> str:

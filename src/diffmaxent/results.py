@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from diffmaxent import runs, stats
+from diffmaxent.envs.multigoal import GOAL_POSITIONS
 from diffmaxent.errors import UsageError
 
 TRAJECTORIES_FILE = "trajectories.png"
@@ -388,19 +389,29 @@ def trajectory_figure(records: Sequence[RunRecord]) -> Any:
     return figure
 
 
+def sampled_goal_counts(run_dir: Path) -> tuple[list[int], int]:
+    """The sampled episodes at the end of a MultiGoal run that ended at each goal, and how many
+    episodes were sampled (``summary.json``'s ``stochastic_episodes``).
+
+    Raises:
+        DamagedFileError: the summary is unreadable or holds no such counts.
+    """
+    summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
+    episodes = summary.get("stochastic_episodes")
+    try:
+        counts = [int(episodes[f"goal_{index}"]) for index in range(len(GOAL_POSITIONS))]
+        return counts, int(episodes["episodes"])
+    except (KeyError, TypeError, ValueError):
+        raise runs.DamagedFileError(
+            f"{run_dir / runs.SUMMARY_FILE} holds no goal counts: no sampled episodes with "
+            "per-goal counts"
+        ) from None
+
+
 def _goal_counts_line(run_dir: Path) -> str:
     """The sampled episodes that ended at each goal, e.g. ``episodes at +x: 16, -x: 1, +y: 16,
     -y: 16 (of 50)``."""
-    from diffmaxent.envs.multigoal import GOAL_POSITIONS
-
-    episodes = runs.read_json(run_dir / runs.SUMMARY_FILE).get("stochastic_episodes")
-    try:
-        counts = [int(episodes[f"goal_{index}"]) for index in range(len(GOAL_POSITIONS))]
-        total = int(episodes["episodes"])
-    except (KeyError, TypeError, ValueError):
-        raise runs.DamagedFileError(
-            f"{run_dir / runs.SUMMARY_FILE} holds no goal counts of the sampled episodes"
-        ) from None
+    counts, total = sampled_goal_counts(run_dir)
     names = [_goal_direction(position) for position in GOAL_POSITIONS]
     shares = ", ".join(f"{name}: {count}" for name, count in zip(names, counts, strict=True))
     return f"episodes at {shares} (of {total})"

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffmaxent.nn import ACTIVATIONS, MLP, kernel_init, left_align
+from diffmaxent.nn import ACTIVATIONS, MLP, dense_kernel_init, left_align
 
 
 def broadcast_leading(x: jax.Array, leading: tuple[int, ...], trailing_dims: int) -> jax.Array:
@@ -94,7 +94,7 @@ class NoiseNet(nn.Module):
             kernel_init=self.kernel_init,
         )(features)
         width = self.hidden_dims[0]
-        first_init = kernel_init(
+        first_init = dense_kernel_init(
             self.kernel_init, self.action_dim + obs.shape[-1] + self.cond_dims[-1]
         )
         x = (
