@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from diffmaxent import reproduce, resolve_config, runs
+from diffmaxent import reproduce, resolve_config, results, runs
 from diffmaxent.cli import main
 from diffmaxent.errors import UsageError
 
@@ -133,17 +133,6 @@ def test_a_group_of_other_settings_is_refused_and_left_alone(tmp_path):
     assert sorted(p.name for p in group.iterdir()) == [runs.GROUP_FILE]
 
 
-def test_goals_reached_counts_the_goals_of_at_least_the_share_of_episodes(tmp_path):
-    counts = {"goal_0": 10.0, "goal_1": 4.0, "goal_2": 30.0, "goal_3": 5.0}
-    summary = {"episodes": 50, "goals_reached": 4.0, "goal_episodes": 49.0, **counts}
-    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"stochastic_episodes": summary})
-    assert reproduce.goals_reached(tmp_path, 0.1) == 3  # 4 of 50 episodes is below 10%
-    assert reproduce.goals_reached(tmp_path, 0.5) == 1  # goal 2: 30 of 50
-    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"eval_return_mean": 1.0})
-    with pytest.raises(runs.DamagedFileError, match="no sampled episodes"):
-        reproduce.goals_reached(tmp_path, 0.1)
-
-
 def test_goal_protocol_writes_goals_per_seed_and_the_trajectories(tmp_path):
     data = _published(tmp_path, TINY_GOALS)
     result = reproduce.reproduce("goals", out=tmp_path / "out", progress=False, published_file=data)
@@ -151,7 +140,7 @@ def test_goal_protocol_writes_goals_per_seed_and_the_trajectories(tmp_path):
     episodes = runs.read_json(member / runs.SUMMARY_FILE)["stochastic_episodes"]
     counts = [episodes[f"goal_{i}"] for i in range(4)]
     expected = sum(count >= 0.1 * episodes["episodes"] for count in counts)
-    assert reproduce.goals_reached(member, 0.1) == expected
+    assert results.goals_reached(member, 0.1) == expected
     assert f"| sac (cpu) | MultiGoal-v0 | {expected} | 1 |" in result.comparison.read_text()
     assert result.figure.name == "trajectories.png" and result.figure.stat().st_size > 0
 

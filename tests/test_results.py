@@ -110,6 +110,17 @@ def test_compare_tabulates_final_returns_per_env_and_algorithm(made, capsys):
     assert table[1]["seeds"] == "2" and table[1]["env_steps"] == "300"
 
 
+def test_goals_reached_counts_the_goals_of_at_least_the_share_of_episodes(tmp_path):
+    counts = {"goal_0": 10.0, "goal_1": 4.0, "goal_2": 30.0, "goal_3": 5.0}
+    summary = {"episodes": 50, "goals_reached": 4.0, "goal_episodes": 49.0, **counts}
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"stochastic_episodes": summary})
+    assert results.goals_reached(tmp_path, 0.1) == 3  # 4 of 50 episodes is below 10%
+    assert results.goals_reached(tmp_path, 0.5) == 1  # goal 2: 30 of 50
+    runs.write_json(tmp_path / runs.SUMMARY_FILE, {"eval_return_mean": 1.0})
+    with pytest.raises(runs.DamagedFileError, match="no sampled episodes"):
+        results.goals_reached(tmp_path, 0.1)
+
+
 def test_curves_are_the_iqm_at_every_step(made):
     curves = results.curves(results.find_runs([made]), reps=1_000)
     a = next(curve for curve in curves if curve.algo == "a")

@@ -269,13 +269,6 @@ def _complete(run: PlannedRun) -> bool:
 # --- comparison -----------------------------------------------------------------------------
 
 
-def goals_reached(run_dir: Path, min_share: float) -> int:
-    """Goals reached by at least ``min_share`` of a MultiGoal run's sampled episodes at the end
-    (its ``summary.json``)."""
-    counts, episodes = results.sampled_goal_counts(run_dir)
-    return sum(count >= min_share * episodes for count in counts)
-
-
 def comparison_markdown(protocol: Protocol, planned: Sequence[PlannedRun], scale: float) -> str:
     lines = [
         f"# {protocol.title}",
@@ -338,7 +331,7 @@ def _goal_rows(protocol: Protocol, planned: Sequence[PlannedRun]) -> list[str]:
     ]
     for run in planned:
         members = runs.group_runs(run.group_dir)
-        reached = [goals_reached(member, protocol.min_goal_share) for member in members]
+        reached = [results.goals_reached(member, protocol.min_goal_share) for member in members]
         target = protocol.published_for(run.algo, run.env)
         published = "not in the figure" if target is None else str(target.goals)
         rows.append(

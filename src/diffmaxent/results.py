@@ -408,6 +408,17 @@ def sampled_goal_counts(run_dir: Path) -> tuple[list[int], int]:
         ) from None
 
 
+def goals_reached(run_dir: Path, min_share: float) -> int:
+    """Goals reached by at least ``min_share`` of a MultiGoal run's sampled episodes at the end
+    (its ``summary.json``).
+
+    Raises:
+        DamagedFileError: the summary is unreadable or holds no goal counts.
+    """
+    counts, episodes = sampled_goal_counts(run_dir)
+    return sum(count >= min_share * episodes for count in counts)
+
+
 def _goal_counts_line(run_dir: Path) -> str:
     """The sampled episodes that ended at each goal, e.g. ``episodes at +x: 16, -x: 1, +y: 16,
     -y: 16 (of 50)``."""
