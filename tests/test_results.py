@@ -97,8 +97,10 @@ def test_compare_tabulates_final_returns_per_env_and_algorithm(made, capsys):
     a_row, b_row = rows
     a_low, a_high = _exact_bootstrap_percentiles([1.0, 2.0, 3.0, 10.0])
     assert a_row.startswith("| a | 4 | 300 | 2.5 [")
-    assert "| 4.0 ± 3.5 | 0m32s |" in a_row  # mean 4, std sqrt(12.5); mean wall 30 + 1.5 s
-    assert b_row == "| b | 2 | 300 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 | 0m30s |"
+    # mean 4, std sqrt(12.5); mean wall 30 + 1.5 s over 300 steps: 105 ms per env step
+    assert "| 4.0 ± 3.5 | 0m32s | 105.0 |" in a_row
+    assert b_row == "| b | 2 | 300 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 | 0m30s | 101.7 |"
+    assert "goals reached" not in out  # no MultiGoal run
 
     assert main(["compare", str(made), "--format", "csv", "--reps", "20000"]) == 0
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -108,6 +110,28 @@ def test_compare_tabulates_final_returns_per_env_and_algorithm(made, capsys):
     assert float(table[0]["iqm_ci_high"]) == pytest.approx(a_high, abs=0.26)
     assert (table[1]["iqm_ci_low"], table[1]["iqm_ci_high"]) == ("5.0", "7.0")
     assert table[1]["seeds"] == "2" and table[1]["env_steps"] == "300"
+    assert float(table[0]["ms_per_env_step"]) == pytest.approx(105.0)
+    assert table[0]["goals_reached"] == ""
+
+
+def test_compare_counts_the_goals_each_multigoal_run_reached(tmp_path, capsys):
+    # 7 episodes: a goal needs >= 0.7 of them, so one episode (goal 1 for seed 1) counts.
+    _multigoal_run(tmp_path, "maxentdp", 1, [0, 0, 1, 2, 3, 3, -1])
+    _multigoal_run(tmp_path, "maxentdp", 0, [2, 2, 2, 3, 3, 3, 3])
+    _multigoal_run(tmp_path, "sac", 0, [2, 2, 2])
+    _run(tmp_path, "sac", 1, [1.0, 2.0, 3.0], env="MultiGoal-v0")  # no summary yet
+    assert main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "goals reached (>= 10% of episodes), per seed |" in out
+    assert "| maxentdp | 2 | 300 |" in out and out.splitlines()[4].endswith("| 2, 4 |")
+    assert out.splitlines()[5].startswith("| sac |") and out.splitlines()[5].endswith("| - |")
+    assert main(["compare", str(tmp_path), "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["goals_reached"] for row in table] == ["2;4", ""]
+
+    (tmp_path / "maxentdp-MultiGoal-v0-0" / runs.SUMMARY_FILE).write_text("{trunc")
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "summary.json" in capsys.readouterr().err
 
 
 def test_goals_reached_counts_the_goals_of_at_least_the_share_of_episodes(tmp_path):

@@ -58,7 +58,7 @@ class Protocol:
     published: tuple[Published, ...]
     source: str
     missing: str = ""  # why there is no published number, when there is none
-    min_goal_share: float = 0.1
+    min_goal_share: float = results.GOAL_SHARE
 
     def published_for(self, algo: str, env: str) -> Published | None:
         return next((p for p in self.published if (p.algo, p.env) == (algo, env)), None)
@@ -98,7 +98,7 @@ def _protocol(name: str, entry: Any, path: Path) -> Protocol:
             published=published,
             source=str(entry["source"]),
             missing=str(entry.get("missing", "")),
-            min_goal_share=float(entry.get("min_goal_share", 0.1)),
+            min_goal_share=float(entry.get("min_goal_share", results.GOAL_SHARE)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise runs.DamagedFileError(

@@ -23,6 +23,9 @@ from diffmaxent.envs.multigoal import GOAL_POSITIONS
 from diffmaxent.errors import UsageError
 
 TRAJECTORIES_FILE = "trajectories.png"
+# A MultiGoal goal counts as reached when this share of the sampled episodes end there (the
+# MaxEntDP paper's Fig. 1 criterion, as `reproduce multigoal` applies it).
+GOAL_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,7 @@ class RunRecord:
     env_step: np.ndarray  # [evaluations], of the rows with an evaluation
     wall_seconds: np.ndarray  # [evaluations]
     eval_return: np.ndarray  # [evaluations]
+    goals_reached: int | None = None  # MultiGoal: goals of >= GOAL_SHARE of the sampled episodes
 
     @property
     def final_return(self) -> float:
@@ -104,7 +108,23 @@ def read_run(run_dir: Path) -> RunRecord:
         column("env_step"),
         column("wall_seconds"),
         column("eval_return_mean"),
+        _final_goals_reached(run_dir),
     )
+
+
+def _final_goals_reached(run_dir: Path) -> int | None:
+    """Goals reached by the sampled episodes a finished run's summary records (MultiGoal), or
+    None: no summary yet, or one without goal counts (another env).
+
+    Raises:
+        DamagedFileError: the summary is unreadable.
+    """
+    if not (run_dir / runs.SUMMARY_FILE).exists():
+        return None
+    summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
+    if "goal_0" not in (summary.get("stochastic_episodes") or {}):
+        return None
+    return goals_reached(run_dir, GOAL_SHARE)
 
 
 def read_metrics(path: Path) -> list[dict[str, float | None]]:
@@ -148,6 +168,8 @@ class Comparison:
     mean: float
     std: float
     wall_seconds: float  # mean over the runs
+    ms_per_env_step: float  # mean over the runs of wall time / env steps, in milliseconds
+    goals_reached: tuple[int, ...] | None  # per run (MultiGoal), None where a run has no count
 
 
 def compare(records: Sequence[RunRecord], reps: int = 2_000) -> list[Comparison]:
@@ -172,13 +194,20 @@ def compare(records: Sequence[RunRecord], reps: int = 2_000) -> list[Comparison]
                 float(finals.mean()),
                 float(finals.std()),
                 float(np.mean([record.wall_seconds[-1] for record in group])),
+                1000.0 * float(np.mean([r.wall_seconds[-1] / r.env_step[-1] for r in group])),
+                _goals_of(group),
             )
         )
     return table
 
 
+def _goals_of(group: Sequence[RunRecord]) -> tuple[int, ...] | None:
+    goals = [record.goals_reached for record in sorted(group, key=lambda r: r.seed)]
+    return None if None in goals else tuple(goals)
+
+
 COLUMNS = ["env", "algo", "seeds", "env_steps", "iqm", "iqm_ci_low", "iqm_ci_high", "mean", "std",
-           "wall_seconds"]  # fmt: skip
+           "wall_seconds", "ms_per_env_step", "goals_reached"]  # fmt: skip
 
 
 def format_comparison(table: Sequence[Comparison], fmt: str) -> str:
@@ -189,30 +218,38 @@ def format_comparison(table: Sequence[Comparison], fmt: str) -> str:
         writer.writerow(COLUMNS)
         for row in table:
             steps = format_steps(row.env_steps)
-            writer.writerow([row.env, row.algo, row.seeds, steps, *_numbers(row)])
+            goals = "" if row.goals_reached is None else ";".join(map(str, row.goals_reached))
+            writer.writerow([row.env, row.algo, row.seeds, steps, *_numbers(row), goals])
         return out.getvalue()
     if fmt != "markdown":
         raise UsageError(f"unknown format {fmt!r}; accepted: markdown, csv")
     blocks = []
     for env in sorted({row.env for row in table}):
+        rows = [row for row in table if row.env == env]
+        with_goals = any(row.goals_reached is not None for row in rows)
+        goal_header = f" goals reached (>= {GOAL_SHARE:.0%} of episodes), per seed |"
         lines = [
             f"### {env}",
             "",
-            "| algo | seeds | env steps | final return IQM [95% CI] | mean ± std | wall time |",
-            "|---|---|---|---|---|---|",
+            "| algo | seeds | env steps | final return IQM [95% CI] | mean ± std | wall time | "
+            "ms per env step |" + (goal_header if with_goals else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if with_goals else ""),
         ]
-        for row in (row for row in table if row.env == env):
+        for row in rows:
+            goals = "-" if row.goals_reached is None else ", ".join(map(str, row.goals_reached))
             lines.append(
                 f"| {row.algo} | {row.seeds} | {format_steps(row.env_steps)} | "
                 f"{row.iqm:.1f} [{row.iqm_low:.1f}, {row.iqm_high:.1f}] | "
-                f"{row.mean:.1f} ± {row.std:.1f} | {_duration(row.wall_seconds)} |"
+                f"{row.mean:.1f} ± {row.std:.1f} | {_duration(row.wall_seconds)} | "
+                f"{row.ms_per_env_step:.1f} |" + (f" {goals} |" if with_goals else "")
             )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
 def _numbers(row: Comparison) -> list[str]:
-    values = (row.iqm, row.iqm_low, row.iqm_high, row.mean, row.std, row.wall_seconds)
+    values = (row.iqm, row.iqm_low, row.iqm_high, row.mean, row.std, row.wall_seconds,
+              row.ms_per_env_step)  # fmt: skip
     return [repr(float(v)) for v in values]
 
 
