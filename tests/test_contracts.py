@@ -52,6 +52,14 @@ TINY = {
     },
     "diffsac": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
     "diffwpo": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
+    "qvpo": {
+        "critic_hidden_dims": "32,32",
+        "num_diffusion_steps": 2,
+        "num_train_samples": 4,
+        "target_candidates": 2,
+        "behaviour_candidates": 2,
+        "eval_candidates": 3,
+    },
 }
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")

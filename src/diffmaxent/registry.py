@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, sac
+from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, qvpo, sac
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
@@ -105,6 +105,14 @@ ALGOS: dict[str, AlgoSpec] = {
             diffwpo.DiffWPOConfig,
             diffwpo.make,
             diffwpo.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "qvpo",
+            "QVPO: diffusion policy, Q-weighted denoising loss, uniform-action entropy term",
+            qvpo.QVPOConfig,
+            qvpo.make,
+            qvpo.PRESETS,
             REPLAY,
         ),
     )
