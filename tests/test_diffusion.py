@@ -25,6 +25,8 @@ from diffmaxent.diffusion import (
     clip_denoiser,
     ddim_sample,
     ddpm_sample,
+    discrete_betas,
+    discrete_log_snr_grid,
     gaussian_eps_fn,
     gaussian_log_prob,
     log_prob,
@@ -33,6 +35,7 @@ from diffmaxent.diffusion import (
     noise_target,
     quadrature,
     sample,
+    sample_grid_log_snr,
     time_from_log_snr,
     time_grid,
     truncated_candidate_noise,
@@ -75,6 +78,36 @@ def test_log_snr_grids():
     np.testing.assert_allclose(np.diff(grid), (LOG_SNR_MIN - LOG_SNR_MAX) / 20, rtol=1e-4)
     with pytest.raises(ValueError):
         log_snr_grid(20, "cosine")
+
+
+def test_discrete_schedules():
+    # jaxrl5's vp_beta_schedule (QSM, Diffusion-QL), written per step: 1 - exp(-b_min / T -
+    # (b_max - b_min) (2t - 1) / (2 T^2)) with b_min 0.1, b_max 10.
+    t = np.arange(1, 6)
+    vp = -np.expm1(-0.1 / 5 - 9.9 * (2 * t - 1) / 50)
+    np.testing.assert_allclose(discrete_betas(5, "vp"), vp, rtol=1e-12)
+    grid = np.asarray(discrete_log_snr_grid(5, "vp"))
+    assert grid.shape == (6,) and grid[0] == np.inf and np.all(np.diff(grid) < 0)
+    # The grid's levels are the cumulative products of (1 - beta): abar_1 = 0.804, abar_5 = 0.0064.
+    np.testing.assert_allclose(sigmoid(grid[1:].astype(np.float64)), np.cumprod(1 - vp), rtol=1e-6)
+    np.testing.assert_array_equal(log_snr_grid(5, "vp"), grid)
+    # "linear" at T = 1000 is DDPM's linspace(1e-4, 0.02, 1000) up to its continuous-time form.
+    ddpm = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    np.testing.assert_allclose(np.cumprod(1 - discrete_betas(1000, "linear")), ddpm, atol=1e-3)
+    # ... and stays a valid schedule for few steps, where scaling the betas by 1000 / T would not.
+    betas = discrete_betas(5, "linear")
+    assert np.all((betas > 0) & (betas < 1)) and np.prod(1 - betas) < 1e-4
+    with pytest.raises(ValueError):
+        discrete_betas(5, "cosine")
+
+
+def test_training_levels_are_uniform_on_the_noisy_grid_levels():
+    grid = np.asarray(log_snr_grid(5, "vp"))
+    lam = np.asarray(sample_grid_log_snr(jax.random.key(0), (50_000,), 5, "vp"))
+    levels, counts = np.unique(lam, return_counts=True)
+    np.testing.assert_array_equal(np.sort(levels), np.sort(grid[1:]))  # never the clean level
+    # Each level has probability 1/5: binomial std of a share is 0.0018; 0.01 is over 5 std.
+    np.testing.assert_allclose(counts / lam.size, 0.2, atol=0.01)
 
 
 # --- network --------------------------------------------------------------------------------------
@@ -193,6 +226,51 @@ def test_ddpm_is_stochastic_and_clipping_bounds_the_clean_prediction():
     # time grid), so the samples stay within 0.05 of the box.
     assert np.abs(a).max() < 1.05
     assert a[:, 0].mean() > 0.9  # mass piles up at the upper bound of the first dimension
+
+
+@pytest.mark.parametrize("clip_sample", [False, True])
+def test_ddpm_on_a_discrete_schedule_is_ho_et_al_ancestral_sampling(clip_sample):
+    """On the vp grid a step is Ho et al.'s x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) /
+    sqrt(1 - beta_t) + sqrt(beta_t) z (no z on the last step), as in jaxrl5's ddpm_sampler, whose
+    clip_sampler clips x after every step."""
+    eps_fn = gaussian_eps_fn(jnp.array([0.9, -0.3]), jnp.array([0.2, 0.4]))
+    key, shape, steps = jax.random.key(4), (256, 2), 5
+    out = ddpm_sample(
+        eps_fn, key, shape, num_steps=steps, clip_x0=False, spacing="vp", clip_sample=clip_sample
+    )
+    betas = discrete_betas(steps, "vp")
+    abar = np.cumprod(1 - betas)
+    lams = np.asarray(discrete_log_snr_grid(steps, "vp"))
+    init_key, noise_key = jax.random.split(key)  # the sampler's own key use
+    x = np.asarray(jax.random.normal(init_key, shape), np.float64)
+    for i, step_key in enumerate(jax.random.split(noise_key, steps)):
+        t = steps - 1 - i  # 0-based index of the level being denoised
+        eps = np.asarray(eps_fn(jnp.asarray(x, jnp.float32), jnp.full((1,), lams[t + 1])))
+        x = (x - betas[t] / np.sqrt(1 - abar[t]) * eps) / np.sqrt(1 - betas[t])
+        if t > 0:
+            x = x + np.sqrt(betas[t]) * np.asarray(jax.random.normal(step_key, shape))
+        if clip_sample:
+            x = np.clip(x, -1.0, 1.0)
+    # Float32 rounding of the two forms (posterior mean vs Ho et al.'s), amplified by
+    # 1 / sqrt(1 - beta) over 5 steps.
+    np.testing.assert_allclose(out, x, atol=2e-4)
+    if clip_sample:
+        assert np.abs(np.asarray(out)).max() <= 1.0
+
+
+def test_probability_flow_samplers_end_on_the_clean_prediction_of_a_discrete_grid():
+    eps_fn = gaussian_eps_fn(MEAN, STD)
+    key = jax.random.key(5)
+    x_t = jax.random.normal(key, (64, 2))
+    lam_1 = discrete_log_snr_grid(1, "vp")[1]
+    clean = (x_t - jnp.sqrt(jax.nn.sigmoid(-lam_1)) * eps_fn(x_t, lam_1)) / jnp.sqrt(
+        jax.nn.sigmoid(lam_1)
+    )
+    for sampler in ("ddim", "dpm_solver_2m"):
+        one_step = sample(eps_fn, key, (64, 2), sampler=sampler, num_steps=1, spacing="vp")
+        np.testing.assert_allclose(one_step, clean, rtol=1e-5, atol=1e-6)
+        five = sample(eps_fn, key, (64, 2), sampler=sampler, num_steps=5, spacing="linear")
+        assert np.all(np.isfinite(five))
 
 
 def test_sampler_selector():

@@ -8,7 +8,10 @@ size-1 axes (one level per step), so a network can condition on it once per step
 Steps run on a grid of ``num_steps + 1`` levels from ``LOG_SNR_MIN`` (pure noise, where ``x`` starts
 as ``N(0, I)``) to ``LOG_SNR_MAX`` (``t = 1e-3``); by default it is the official grid uniform in
 ``t`` (``spacing="time"``). The returned actions are the state at ``t = 1e-3`` and are **not**
-clipped: callers clip to the action box.
+clipped: callers clip to the action box. On a discrete DDPM schedule (``spacing="vp"`` or
+``"linear"``, :func:`~diffmaxent.diffusion.schedule.discrete_log_snr_grid`) the grid's clean end
+is ``abar = 1`` (log-SNR ``+inf``): the last step returns the clean prediction ``x0_hat`` itself,
+as in DDPM.
 
 Discretisation error, measured with the exact denoiser of a 1-D Gaussian policy N(mu, s^2)
 (relative error of the sampled std, official time grid, 20 steps): ``ddim`` -6% / -11% / -43% for
@@ -81,7 +84,8 @@ def _probability_flow(
         if order == 1:
             d = x0
         else:
-            half_inv_r = 0.5 * h / h_prev
+            # A step to the clean end of a discrete grid (h = inf) is first-order: x_s = x0_hat.
+            half_inv_r = jnp.where(jnp.isinf(h), 0.0, 0.5 * h / h_prev)
             d = jnp.where(index == 0, x0, (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev)
         x = (sigma_s / sigma_t) * x - alpha_s * jnp.expm1(-h) * d
         return (x, x0, h), None
@@ -134,6 +138,7 @@ def ddpm_sample(
     num_steps: int = 20,
     clip_x0: bool = True,
     spacing: Spacing = "time",
+    clip_sample: bool = False,
 ) -> jax.Array:
     """Stochastic DDPM ancestral sampler, as the official MaxEntDP code samples. Each step from
     ``t`` to the cleaner ``s`` (``beta = 1 - abar_t / abar_s``)::
@@ -144,7 +149,9 @@ def ddpm_sample(
 
     i.e. the posterior mean of ``q(x_s | x_t, x0_hat)`` plus noise of variance ``beta`` (Ho et al.'s
     ``sigma^2 = beta`` choice, as the official code; the posterior variance would under-disperse
-    more at 20 steps). No noise is added on the last step. ``shape = (..., A)``."""
+    more at 20 steps). No noise is added on the last step. ``clip_sample`` clips ``x_s`` itself
+    to ``[-1, 1]`` after every step, as jaxrl5's ``ddpm_sampler`` (QSM's code) does with its
+    ``clip_sampler`` flag. ``shape = (..., A)``."""
     if clip_x0:
         eps_fn = clip_denoiser(eps_fn)
     init_key, noise_key = jax.random.split(key)
@@ -164,7 +171,8 @@ def ddpm_sample(
             jnp.sqrt(abar_t / abar_s) * one_minus_s / one_minus_t
         ) * x
         noise = jnp.where(index < num_steps - 1, jnp.sqrt(beta), 0.0)
-        return mean + noise * jax.random.normal(step_key, x.shape), None
+        x = mean + noise * jax.random.normal(step_key, x.shape)
+        return (jnp.clip(x, -1.0, 1.0) if clip_sample else x), None
 
     steps = (jnp.arange(num_steps), lam_from, lam_to, jax.random.split(noise_key, num_steps))
     x, _ = jax.lax.scan(body, x, steps)
