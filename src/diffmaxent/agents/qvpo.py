@@ -49,7 +49,9 @@ Where this library's shared diffusion core differs from the code (the core is th
 
 * the code's discrete DDPM cosine schedule with T = 20 and training levels drawn from
   ``t in {0, .., 19}``; here the continuous VP cosine schedule of :mod:`diffmaxent.diffusion`, with
-  sampling on its 20-step time grid and training levels ``t ~ U[T_MIN, T_MAX]``;
+  sampling on its 20-step time grid and training levels ``t ~ U[T_MIN, T_MAX]`` (the same cosine
+  read at 20 points rather than 20 discrete betas; the core's discrete grids are ``vp`` and
+  ``linear``, not the code's ``cosine``);
 * the code's sampler is DDPM ancestral sampling with the clean action clipped to [-1, 1] at every
   step (``sampler=ddpm``, the default, uses the core's equivalent); ``ddim`` and
   ``dpm_solver_2m`` are options;
@@ -104,9 +106,9 @@ class QVPOConfig(
     num_entropy_samples: int = hp(10, "uniform actions per kept action (entropy term)", low=0)
     behaviour_candidates: int = hp(4, "best-of-N by Q when acting in training", low=1)
     target_candidates: int = hp(4, "best-of-N by target Q for the critic's next action", low=1)
-    eval_candidates: int = hp(32, "best-of-N by Q for deterministic (evaluation) actions", low=1)
+    eval_candidates: int = hp(32, "M: best-of-M by Q for deterministic actions (1 = sample)", low=1)
     sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
-        "ddpm", "ddpm = official stochastic sampler with x0 clipping"
+        "ddpm", "ddim = probability-flow ODE (paper); ddpm = official stochastic sampler"
     )
     grad_clip_norm: float = hp(2.0, "global-norm clip of policy and critic grads (0 = off)", low=0)
     adam_eps: float = hp(1e-5, "Adam epsilon of policy and critics", low=0.0, low_open=True)
