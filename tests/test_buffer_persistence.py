@@ -1,4 +1,6 @@
-"""Replay-buffer chunks: a checkpoint writes only new rows; a restore rebuilds the exact ring."""
+"""Replay-buffer chunks: a checkpoint writes only new rows; a restore rebuilds the exact ring.
+Improved actions (agents that rewrite replay actions): written back at the rows sampled, saved whole
+per checkpoint, restored exactly, damaged files refused in one line."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from diffmaxent.buffer import (
     ReplayBuffer,
     ReplayDataError,
     discard_rows_after,
+    prune_improved_actions,
     prune_rows,
 )
 
@@ -230,3 +233,137 @@ def test_a_crash_while_writing_leaves_no_file_with_a_final_name(tmp_path, monkey
         buffer.save_rows(tmp_path, 14)
     assert _names(tmp_path) == before
     _assert_same_buffer(_restore(tmp_path, 14), snapshots[14])
+
+
+# --- improved actions ----------------------------------------------------------------------------
+
+
+def _run_with_improvements(directory: Path, checkpoints: int) -> dict[int, ReplayBuffer]:
+    """As ``_run_with_checkpoints`` with improved actions: after each batch of adds, rows drawn
+    with ``sample_index`` (old ones included) get new improved actions; each checkpoint saves the
+    new rows and the improved actions."""
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(CAPACITY, OBS_DIM, ACTION_DIM, improved_actions=True)
+    snapshots = {}
+    for _ in range(checkpoints):
+        saved_up_to = buffer.inserted
+        _add_random(buffer, rng, EVERY)
+        index = buffer.sample_index(rng, batch_size=5, num_batches=2)
+        buffer.write_improved_actions(index, rng.uniform(-1, 1, (*index.shape, ACTION_DIM)))
+        buffer.save_rows(directory, saved_up_to)
+        buffer.save_improved_actions(directory)
+        snapshots[buffer.inserted] = copy.deepcopy(buffer)
+    return snapshots
+
+
+def _restore_improved(directory: Path, inserted: int) -> ReplayBuffer:
+    return ReplayBuffer.restore(directory, CAPACITY, OBS_DIM, ACTION_DIM, inserted, True)
+
+
+def test_sample_is_gather_at_sample_index_with_the_same_draws():
+    buffer = ReplayBuffer(CAPACITY, OBS_DIM, ACTION_DIM)
+    _add_random(buffer, np.random.default_rng(0), 30)
+    index = buffer.sample_index(np.random.default_rng(7), batch_size=4, num_batches=3)
+    assert index.shape == (3, 4)
+    sampled = buffer.sample(np.random.default_rng(7), batch_size=4, num_batches=3)
+    for got, want in zip(sampled, buffer.gather(index), strict=True):
+        assert np.array_equal(got, want)
+    assert np.array_equal(sampled.action, buffer.action[index])
+
+
+def test_improved_actions_start_as_the_taken_ones_and_are_written_at_the_rows_given():
+    buffer = ReplayBuffer(CAPACITY, OBS_DIM, ACTION_DIM, improved_actions=True)
+    _add_random(buffer, np.random.default_rng(0), 30)  # wraps: rows 0-6 hold inserts 23-29
+    taken = buffer.action.copy()
+    assert np.array_equal(buffer.improved_action, taken)
+    index = np.array([[3, 20], [11, 0]])
+    new = np.arange(8, dtype=np.float32).reshape(2, 2, ACTION_DIM)
+    buffer.write_improved_actions(index, new)
+    assert np.array_equal(buffer.improved_action[index], new)
+    others = np.setdiff1d(np.arange(CAPACITY), index)
+    assert np.array_equal(buffer.improved_action[others], taken[others])
+    assert np.array_equal(buffer.action, taken)  # the critic's taken actions stay
+
+
+def test_a_row_written_twice_keeps_its_last_action():
+    buffer = ReplayBuffer(CAPACITY, OBS_DIM, ACTION_DIM, improved_actions=True)
+    _add_random(buffer, np.random.default_rng(0), 10)
+    index = np.array([[4, 2, 4], [2, 4, 9]])
+    new = np.arange(12, dtype=np.float32).reshape(2, 3, ACTION_DIM)
+    buffer.write_improved_actions(index, new)
+    assert np.array_equal(buffer.improved_action[4], new[1, 1])
+    assert np.array_equal(buffer.improved_action[2], new[1, 0])
+    assert np.array_equal(buffer.improved_action[9], new[1, 2])
+
+
+def test_a_buffer_without_improved_actions_refuses_to_write_them(tmp_path):
+    buffer = ReplayBuffer(CAPACITY, OBS_DIM, ACTION_DIM)
+    _add_random(buffer, np.random.default_rng(0), 3)
+    with pytest.raises(ValueError, match="keeps no improved actions"):
+        buffer.write_improved_actions(np.zeros((1, 1), int), np.zeros((1, 1, ACTION_DIM)))
+    with pytest.raises(ValueError, match="keeps no improved actions"):
+        buffer.save_improved_actions(tmp_path)
+
+
+def test_restore_at_every_checkpoint_has_the_improved_actions_of_that_checkpoint(tmp_path):
+    snapshots = _run_with_improvements(tmp_path, checkpoints=6)  # rows rewritten after chunking
+    for inserted, expected in snapshots.items():
+        restored = _restore_improved(tmp_path, inserted)
+        _assert_same_buffer(restored, expected)
+        assert np.array_equal(restored.improved_action, expected.improved_action), inserted
+    # The rewrites reach rows whose chunk was written earlier: chunks alone would lose them.
+    assert not np.array_equal(snapshots[42].improved_action, snapshots[42].action)
+
+
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _float64(path: Path) -> None:
+    np.save(path, np.load(path).astype(np.float64))
+
+
+def _zip_instead(path: Path) -> None:
+    with path.open("wb") as file:
+        np.savez(file, improved_action=np.zeros((CAPACITY, ACTION_DIM), np.float32))
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (Path.unlink, "missing"),
+        (_cut_in_half, "unreadable"),
+        (lambda path: path.write_bytes(b""), "unreadable"),
+        (_zip_instead, "unreadable"),
+        (_float64, "is float64[23, 2], expected float32[23, 2]"),
+    ],
+)
+def test_damaged_improved_actions_raise_a_one_line_replay_data_error(tmp_path, damage, problem):
+    _run_with_improvements(tmp_path, checkpoints=3)
+    path = tmp_path / f"improved_{21:012d}.npy"
+    damage(path)
+    with pytest.raises(ReplayDataError) as caught:
+        _restore_improved(tmp_path, 21)
+    message = str(caught.value)
+    assert str(path) in message and problem in message and "\n" not in message
+
+
+def test_prune_and_discard_keep_exactly_the_improved_actions_of_kept_checkpoints(tmp_path):
+    snapshots = _run_with_improvements(tmp_path, checkpoints=5)  # improved at 7, 14, ..., 35
+    leftover = tmp_path / ".improved_killed.tmp"  # what a run killed inside the save leaves
+    leftover.write_bytes(b"partial")
+    removed = prune_improved_actions(tmp_path, oldest_kept=14)
+    assert [path.name for path in removed] == [f"improved_{7:012d}.npy"]
+    removed = discard_rows_after(tmp_path, 21)
+    assert {path.name for path in removed} >= {
+        f"improved_{28:012d}.npy",
+        f"improved_{35:012d}.npy",
+        leftover.name,
+    }
+    assert {name for name in _names(tmp_path) if name.startswith("improved")} == {
+        f"improved_{14:012d}.npy",
+        f"improved_{21:012d}.npy",
+    }
+    for inserted in (14, 21):
+        restored = _restore_improved(tmp_path, inserted)
+        assert np.array_equal(restored.improved_action, snapshots[inserted].improved_action)

@@ -5,6 +5,12 @@ as append-only chunk files ``rows_<start>_<end>.npz``, each holding the transiti
 indices ``[start, end)`` (insert index ``i`` lives at ring position ``i % capacity``). A checkpoint
 taken after ``inserted`` transitions writes only the rows added since the previous one; restoring
 it reads the chunks that cover the last ``capacity`` insert indices before ``inserted``.
+
+Agents that improve the actions of replayed transitions (DIPO) keep them in a second action array,
+``improved_action``, which starts as the taken action and is rewritten at rows the agent sampled.
+Old rows change, so chunks cannot hold it: each checkpoint also writes the whole array, in ring
+order, as ``improved_<inserted>.npy`` (``capacity * action_dim`` floats per checkpoint), and a
+restore reads the one of the checkpoint it restores.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from diffmaxent.types import Batch
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 _CHUNK_NAME = re.compile(r"rows_(\d{12})_(\d{12})\.npz")
-# Temporary chunk files start with a dot so that a listing of chunks never mistakes one for data.
+_IMPROVED_NAME = re.compile(r"improved_(\d{12})\.npy")
+# Temporary files start with a dot so that a listing of chunks or snapshots never mistakes one for
+# data.
 _TEMP_PREFIX = ".rows_"
+_IMPROVED_TEMP_PREFIX = ".improved_"
 _TEMP_SUFFIX = ".tmp"
 # Rows are copied from a chunk into the ring in pieces of this size, bounding the memory a restore
 # needs beyond the buffer itself.
@@ -58,9 +67,15 @@ class ReplayBuffer:
     (shape ``[num_batches, batch_size, ...]``) so that one device transfer feeds several gradient
     steps. ``inserted`` counts every transition ever added; the next one goes to ring position
     ``inserted % capacity``.
+
+    With ``improved_actions=True`` the buffer also holds ``improved_action`` ``[capacity,
+    action_dim]``: each row starts as the action taken and is replaced by
+    :meth:`write_improved_actions`; ``action`` itself always stays the action taken.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int) -> None:
+    def __init__(
+        self, capacity: int, obs_dim: int, action_dim: int, improved_actions: bool = False
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be positive")
         self.capacity = capacity
@@ -70,6 +85,9 @@ class ReplayBuffer:
         self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
         self.terminated = np.zeros((capacity,), dtype=np.float32)
         self.truncated = np.zeros((capacity,), dtype=np.float32)
+        self.improved_action = (
+            np.zeros((capacity, action_dim), dtype=np.float32) if improved_actions else None
+        )
         self.inserted = 0
         self.size = 0
 
@@ -92,6 +110,8 @@ class ReplayBuffer:
         self.next_obs[i] = next_obs
         self.terminated[i] = float(terminated)
         self.truncated[i] = float(truncated)
+        if self.improved_action is not None:
+            self.improved_action[i] = action
         self.inserted += 1
         self.size = min(self.size + 1, self.capacity)
 
@@ -101,9 +121,20 @@ class ReplayBuffer:
         Returns:
             A :class:`Batch` of numpy arrays with leading shape ``[num_batches, batch_size]``.
         """
+        return self.gather(self.sample_index(rng, batch_size, num_batches))
+
+    def sample_index(
+        self, rng: np.random.Generator, batch_size: int, num_batches: int = 1
+    ) -> np.ndarray:
+        """Ring positions ``[num_batches, batch_size]`` drawn uniformly from the filled rows (the
+        draws :meth:`sample` makes)."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty buffer")
-        index = rng.integers(0, self.size, size=(num_batches, batch_size))
+        return rng.integers(0, self.size, size=(num_batches, batch_size))
+
+    def gather(self, index: np.ndarray) -> Batch:
+        """The transitions at ring positions ``index`` (any shape), as a :class:`Batch` of numpy
+        arrays with that leading shape."""
         return Batch(
             obs=self.obs[index],
             action=self.action[index],
@@ -112,6 +143,19 @@ class ReplayBuffer:
             terminated=self.terminated[index],
             truncated=self.truncated[index],
         )
+
+    def write_improved_actions(self, index: np.ndarray, actions: np.ndarray) -> None:
+        """Store ``actions`` ``[*index.shape, action_dim]`` as the improved actions of the rows at
+        ring positions ``index``. A row that occurs more than once in ``index`` keeps the action
+        of its last occurrence in row-major order (the last gradient step that sampled it)."""
+        if self.improved_action is None:
+            raise ValueError("this buffer keeps no improved actions (improved_actions=False)")
+        flat_index = np.asarray(index).reshape(-1)
+        flat_actions = np.asarray(actions, dtype=np.float32).reshape(len(flat_index), -1)
+        # np.unique on the reversed order finds each row's last occurrence; fancy assignment
+        # itself does not promise which duplicate wins.
+        rows, first_in_reversed = np.unique(flat_index[::-1], return_index=True)
+        self.improved_action[rows] = flat_actions[len(flat_index) - 1 - first_in_reversed]
 
     def save_rows(self, directory: str | os.PathLike, start: int) -> Path:
         """Write the transitions with insert indices ``[start, inserted)`` as one chunk file.
@@ -152,6 +196,34 @@ class ReplayBuffer:
         fsync_directory(directory)
         return path
 
+    def save_improved_actions(self, directory: str | os.PathLike) -> Path:
+        """Write ``improved_action`` (all ``capacity`` rows, in ring order) as
+        ``directory/improved_<inserted:012d>.npy``, under a temporary name first, fsynced, then
+        renamed, so a file with the final name is always complete.
+
+        Returns:
+            The path of the file.
+        """
+        if self.improved_action is None:
+            raise ValueError("this buffer keeps no improved actions (improved_actions=False)")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"improved_{self.inserted:012d}.npy"
+        descriptor, temp_name = tempfile.mkstemp(
+            prefix=_IMPROVED_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=directory
+        )
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                np.lib.format.write_array(file, self.improved_action, allow_pickle=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        fsync_directory(directory)
+        return path
+
     @classmethod
     def restore(
         cls,
@@ -160,20 +232,22 @@ class ReplayBuffer:
         obs_dim: int,
         action_dim: int,
         inserted: int,
+        improved_actions: bool = False,
     ) -> ReplayBuffer:
         """Rebuild the buffer as it was after ``inserted`` transitions had been added.
 
         Reads the chunks covering insert indices ``[max(0, inserted - capacity), inserted)`` in
         ``directory`` straight into the ring; chunks starting at or after ``inserted`` (written by
-        a run after the checkpoint being restored) are ignored.
+        a run after the checkpoint being restored) are ignored. With ``improved_actions=True`` the
+        improved actions are read from ``improved_<inserted>.npy``.
 
         Raises:
             ReplayDataError: a needed chunk is missing, overlaps another, or cannot be read as the
-                rows its name promises.
+                rows its name promises; or the improved actions are missing or malformed.
         """
         if inserted < 0:
             raise ValueError(f"inserted must be non-negative, got {inserted}")
-        buffer = cls(capacity, obs_dim, action_dim)
+        buffer = cls(capacity, obs_dim, action_dim, improved_actions)
         first = max(0, inserted - capacity)
         covered = first
         for chunk in _chunks(Path(directory)):
@@ -194,7 +268,27 @@ class ReplayBuffer:
             raise ReplayDataError(f"{directory}: no chunk holds rows [{covered}, {inserted})")
         buffer.inserted = inserted
         buffer.size = min(inserted, capacity)
+        if improved_actions:
+            buffer._read_improved_actions(Path(directory) / f"improved_{inserted:012d}.npy")
         return buffer
+
+    def _read_improved_actions(self, path: Path) -> None:
+        """Replace ``improved_action`` with the array in ``path``, after checking it is one."""
+        if not path.is_file():
+            raise ReplayDataError(f"{path}: missing (the improved actions of this checkpoint)")
+        try:
+            with path.open("rb") as file:
+                array = np.lib.format.read_array(file, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as error:
+            problem = " ".join(str(error).split())
+            raise ReplayDataError(f"{path}: unreadable ({problem})") from error
+        expected = self.improved_action
+        if array.shape != expected.shape or array.dtype != expected.dtype:
+            raise ReplayDataError(
+                f"{path}: is {array.dtype}{list(array.shape)}, expected "
+                f"{expected.dtype}{list(expected.shape)}"
+            )
+        self.improved_action = array
 
     def _read_chunk(self, chunk: Chunk, first: int, stop: int) -> None:
         """Copy insert indices ``[first, stop)`` (within the chunk's range) from the chunk file into
@@ -286,6 +380,31 @@ def _chunks(directory: Path) -> list[Chunk]:
     return sorted(chunks)
 
 
+def _improved_snapshots(directory: Path) -> list[tuple[int, Path]]:
+    """``(inserted, path)`` of the improved-action files in ``directory``."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _IMPROVED_NAME.fullmatch(path.name)
+        if match is not None:
+            found.append((int(match[1]), path))
+    return sorted(found)
+
+
+def prune_improved_actions(directory: str | os.PathLike, oldest_kept: int) -> list[Path]:
+    """Delete the improved-action files of checkpoints older than ``oldest_kept`` (the oldest kept
+    checkpoint's ``inserted``).
+
+    Returns:
+        The deleted paths.
+    """
+    removed = [path for at, path in _improved_snapshots(Path(directory)) if at < oldest_kept]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
 def prune_rows(directory: str | os.PathLike, keep_from: int) -> list[Path]:
     """Delete the chunks no kept checkpoint needs: those whose rows all precede ``keep_from``.
 
@@ -301,20 +420,23 @@ def prune_rows(directory: str | os.PathLike, keep_from: int) -> list[Path]:
 
 
 def discard_rows_after(directory: str | os.PathLike, inserted: int) -> list[Path]:
-    """Before resuming from the checkpoint taken at ``inserted``: delete the chunks a later (lost)
-    part of the run wrote (those starting at or after ``inserted``) and any temporary chunk files
-    left by a crash mid-write.
+    """Before resuming from the checkpoint taken at ``inserted``: delete the chunks and
+    improved-action files a later (lost) part of the run wrote (chunks starting at or after
+    ``inserted``, improved actions of later checkpoints) and any temporary files left by a crash
+    mid-write.
 
     Returns:
         The deleted paths.
     """
     directory = Path(directory)
     removed = [chunk.path for chunk in _chunks(directory) if chunk.start >= inserted]
+    removed += [path for at, path in _improved_snapshots(directory) if at > inserted]
     if directory.is_dir():
         removed += [
             path
             for path in directory.iterdir()
-            if path.name.startswith(_TEMP_PREFIX) and path.name.endswith(_TEMP_SUFFIX)
+            if path.name.startswith((_TEMP_PREFIX, _IMPROVED_TEMP_PREFIX))
+            and path.name.endswith(_TEMP_SUFFIX)
         ]
     for path in removed:
         path.unlink()

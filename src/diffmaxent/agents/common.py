@@ -26,12 +26,19 @@ class Agent(NamedTuple):
     ``act`` and ``update`` are jitted; ``deterministic`` is static. ``phases`` names the parts
     of one gradient step, each a jitted ``fn(state, batch [B, ...], key)``, so that
     ``diffmaxent bench`` can report where the time goes.
+
+    Agents that improve the actions stored in the replay buffer (DIPO) also give
+    ``update_improving_actions(state, batch, improved_action [N, B, A], key) -> (state, metrics,
+    improved_action [N, B, A])``: the same gradient steps, where ``improved_action`` holds the
+    sampled rows' improved actions so far and the returned ones are written back to those rows by
+    the replay loop. Their ``update`` is that step with the taken actions as the improved ones.
     """
 
     init: Callable[[jax.Array], Any]
     act: Callable[..., jax.Array]
     update: Callable[..., tuple[Any, Metrics]]
     phases: Mapping[str, Callable[..., Any]] = {}
+    update_improving_actions: Callable[..., tuple[Any, Metrics, jax.Array]] | None = None
 
 
 MATMUL_PRECISIONS: tuple[str, ...] = ("default", "high", "highest")
@@ -57,11 +64,13 @@ def with_matmul_precision(agent: Agent, precision: str) -> Agent:
 
         return wrapped
 
+    improving = agent.update_improving_actions
     return Agent(
         init=traced_at_precision(agent.init),
         act=traced_at_precision(agent.act),
         update=traced_at_precision(agent.update),
         phases={name: traced_at_precision(fn) for name, fn in agent.phases.items()},
+        update_improving_actions=None if improving is None else traced_at_precision(improving),
     )
 
 

@@ -7,6 +7,12 @@ random warm-up -> (act, step env, store) -> sample ``updates_per_step`` batches 
 The replay buffer is checkpointed incrementally: each checkpoint writes only the transitions added
 since the previous one into ``RUN_DIR/replay`` (:meth:`ReplayBuffer.save_rows`), and chunks no kept
 checkpoint needs are deleted.
+
+Agents with ``update_improving_actions`` (DIPO) improve the actions of the transitions they train
+on: the loop draws the row indices, hands the agent those rows and their improved actions so far,
+and writes the actions it returns back to the same rows (``ReplayBuffer.improved_action``; a row
+drawn twice in one call keeps its last gradient step's action). Each checkpoint then also saves
+the whole improved-action array, since rewrites reach rows older than the last chunk.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from diffmaxent.buffer import (
     ReplayBuffer,
     ReplayDataError,
     discard_rows_after,
+    prune_improved_actions,
     prune_rows,
     zeros_batch,
 )
@@ -80,6 +87,7 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
     loop = config.loop
     env_spec = setups[0].env_spec
     seeds = SeedAxis(agent, len(setups), setups[0].seed_batching)
+    improves_actions = agent.update_improving_actions is not None
     keys, state = seeds.start([setup.config.seed for setup in setups])
     template = seeds.member_shapes(state)  # one seed's state, for checkpoints
     example = zeros_batch(
@@ -97,6 +105,7 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
                 env_spec.obs_dim,
                 env_spec.action_dim,
                 env_step,
+                improves_actions,
             )
         except ReplayDataError as error:
             raise DamagedCheckpoint(f"its replay rows are damaged ({error})") from None
@@ -112,7 +121,9 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
             envs.append(env)
             if resumes is None:
                 buffers.append(
-                    ReplayBuffer(loop.buffer_size, env_spec.obs_dim, env_spec.action_dim)
+                    ReplayBuffer(
+                        loop.buffer_size, env_spec.obs_dim, env_spec.action_dim, improves_actions
+                    )
                 )
                 obs, _ = env.reset()
                 lanes.append(ReplayState(0, obs, 0.0, None, 0, np.random.default_rng(seed), {}, 0))
@@ -142,8 +153,11 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
         def snapshot_of(index: int) -> Snapshot:
             def snapshot() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 lane, buffer = lanes[index], buffers[index]
-                buffer.save_rows(setups[index].run_dir / runs.REPLAY_DIR, lane.rows_saved)
+                replay_dir = setups[index].run_dir / runs.REPLAY_DIR
+                buffer.save_rows(replay_dir, lane.rows_saved)
                 lane.rows_saved = buffer.inserted
+                if improves_actions:
+                    buffer.save_improved_actions(replay_dir)
                 arrays = {
                     "key": key_array(seeds.member(keys, index)),
                     "obs": np.asarray(lane.obs),
@@ -176,12 +190,28 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
                 action = actions[index] if recorders.active(index) else np.zeros_like(actions[0])
                 _step(envs[index], buffers[index], lane, action)
             if step >= loop.learning_starts:
-                batches = [
-                    buffer.sample(lane.rng, loop.batch_size, loop.updates_per_step)
+                indices = [
+                    buffer.sample_index(lane.rng, loop.batch_size, loop.updates_per_step)
                     for buffer, lane in zip(buffers, lanes, strict=True)
                 ]
+                batches = [
+                    buffer.gather(index) for buffer, index in zip(buffers, indices, strict=True)
+                ]
                 keys, update_keys = seeds.split(keys)
-                state, metrics = seeds.update(state, seeds.pack(batches), update_keys)
+                if improves_actions:
+                    improved = [
+                        buffer.improved_action[index]
+                        for buffer, index in zip(buffers, indices, strict=True)
+                    ]
+                    state, metrics, improved = seeds.update_improving_actions(
+                        state, seeds.pack(batches), seeds.pack(improved), update_keys
+                    )
+                    for buffer, index, actions in zip(
+                        buffers, indices, seeds.unpack(np.asarray(improved)), strict=True
+                    ):
+                        buffer.write_improved_actions(index, actions)
+                else:
+                    state, metrics = seeds.update(state, seeds.pack(batches), update_keys)
                 for lane, lane_metrics in zip(
                     lanes, seeds.unpack(jax.device_get(metrics)), strict=True
                 ):
@@ -208,10 +238,11 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
                 )
                 for index, buffer in enumerate(buffers):
                     if recorders.active(index):
-                        prune_rows(
-                            setups[index].run_dir / runs.REPLAY_DIR,
-                            recorders.oldest_kept_step(index) - buffer.capacity,
-                        )
+                        replay_dir = setups[index].run_dir / runs.REPLAY_DIR
+                        oldest_kept = recorders.oldest_kept_step(index)
+                        prune_rows(replay_dir, oldest_kept - buffer.capacity)
+                        if improves_actions:
+                            prune_improved_actions(replay_dir, oldest_kept)
             recorders.stop_if_requested(state, step, snapshots)
         _, plot_keys = seeds.split(keys)
         return recorders.finish(agent, state, plot_keys, lanes[0].env_step)

@@ -42,8 +42,9 @@ def resolve_seed_batching(seed_batching: str) -> str:
 
 
 class SeedAxis:
-    """``agent``'s ``init``, ``act``, ``collect`` (on-policy agents) and ``update`` for ``size``
-    seeds, and the packing of per-seed values to and from the seed axis."""
+    """``agent``'s ``init``, ``act``, ``collect`` (on-policy agents), ``update`` and
+    ``update_improving_actions`` (agents that rewrite replay actions) for ``size`` seeds, and the
+    packing of per-seed values to and from the seed axis."""
 
     def __init__(self, agent: Any, size: int, seed_batching: str = "auto") -> None:
         if size < 1:
@@ -62,6 +63,8 @@ class SeedAxis:
             }
             collect = getattr(agent, "collect", None)
             self._collect = jax.jit(over(collect)) if collect is not None else None
+            improving = getattr(agent, "update_improving_actions", None)
+            self._update_improving = jax.jit(over(improving)) if improving is not None else None
             self._member = jax.jit(_take)
 
     # --- packing ---
@@ -141,6 +144,16 @@ class SeedAxis:
         if self.size == 1:
             return self.agent.update(state, data, keys)
         return self._update(state, data, keys)
+
+    def update_improving_actions(
+        self, state: Any, data: Any, improved_action: Any, keys: jax.Array
+    ) -> tuple[Any, dict[str, Any], jax.Array]:
+        """Agents that improve replayed actions: one ``update_improving_actions`` of every seed on
+        its own packed data and improved actions; metrics and returned actions get the seed
+        axis."""
+        if self.size == 1:
+            return self.agent.update_improving_actions(state, data, improved_action, keys)
+        return self._update_improving(state, data, improved_action, keys)
 
 
 def _sequential(fn: Callable[..., Any]) -> Callable[..., Any]:
