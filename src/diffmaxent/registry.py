@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, qvpo, sac
+from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, qsm, qvpo, sac
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
@@ -113,6 +113,14 @@ ALGOS: dict[str, AlgoSpec] = {
             qvpo.QVPOConfig,
             qvpo.make,
             qvpo.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "qsm",
+            "QSM: diffusion policy whose noise model is matched to the critic's action gradient",
+            qsm.QSMConfig,
+            qsm.make,
+            qsm.PRESETS,
             REPLAY,
         ),
     )
