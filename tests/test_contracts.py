@@ -61,6 +61,13 @@ TINY = {
         "behaviour_candidates": 2,
         "eval_candidates": 3,
     },
+    "dacer": {
+        "critic_hidden_dims": "32,32",
+        "num_diffusion_steps": 2,
+        "entropy_states": 4,
+        "entropy_samples": 16,
+        "gmm_iterations": 5,
+    },
 }
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")

@@ -10,7 +10,19 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from diffmaxent.agents import crossq, diffppo, diffsac, diffwpo, dime, maxentdp, ppo, qsm, qvpo, sac
+from diffmaxent.agents import (
+    crossq,
+    dacer,
+    diffppo,
+    diffsac,
+    diffwpo,
+    dime,
+    maxentdp,
+    ppo,
+    qsm,
+    qvpo,
+    sac,
+)
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
@@ -121,6 +133,14 @@ ALGOS: dict[str, AlgoSpec] = {
             qsm.QSMConfig,
             qsm.make,
             qsm.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "dacer",
+            "DACER: diffusion policy, Q backpropagated through the chain, GMM entropy regulator",
+            dacer.DACERConfig,
+            dacer.make,
+            dacer.PRESETS,
             REPLAY,
         ),
     )
