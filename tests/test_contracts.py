@@ -52,6 +52,7 @@ TINY = {
     },
     "diffsac": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
     "diffwpo": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2},
+    "dipo": {"critic_hidden_dims": "32,32", "num_diffusion_steps": 2, "action_gradient_steps": 2},
     "qsm": {"num_diffusion_steps": 2},
     "qvpo": {
         "critic_hidden_dims": "32,32",

@@ -17,6 +17,7 @@ from diffmaxent.agents import (
     diffsac,
     diffwpo,
     dime,
+    dipo,
     maxentdp,
     ppo,
     qsm,
@@ -133,6 +134,14 @@ ALGOS: dict[str, AlgoSpec] = {
             qsm.QSMConfig,
             qsm.make,
             qsm.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "dipo",
+            "DIPO: diffusion policy cloning replay actions improved by gradient ascent on Q",
+            dipo.DIPOConfig,
+            dipo.make,
+            dipo.PRESETS,
             REPLAY,
         ),
         AlgoSpec(
