@@ -114,15 +114,15 @@ class DACERConfig(
         0.1, "lambda: std of the added action noise per unit of alpha", low=0.0, low_open=True
     )
     sampler: Literal["ddim", "ddpm", "dpm_solver_2m"] = hp(
-        "ddpm", "reverse chain: ddpm (official, stochastic, clipped x0), ddim or dpm_solver_2m"
+        "ddpm", "sampler: ddim (probability-flow ODE), ddpm (stochastic, x0 clipped), dpm_solver_2m"
     )
     chain_schedule: Literal["cosine", "vp"] = hp(
         "cosine", "chain's noise levels: cosine (library core) or vp (code: discrete, beta 0.1-10)"
     )
     activation: str = hp("mish", "activation of the noise network and the critics")
     layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
-    policy_delay: int = hp(2, "critic steps per actor and target-critic step", low=1)
-    reward_scale: float = hp(0.2, "multiplies rewards in the critic target", low=0.0, low_open=True)
+    policy_delay: int = hp(2, "critic steps per actor step", low=1)
+    reward_scale: float = hp(0.2, "multiplies env rewards", low=0.0, low_open=True)
     alpha_update_every: int = hp(
         10_000, "updates between entropy estimates (and alpha steps)", low=1
     )

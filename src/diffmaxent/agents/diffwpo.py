@@ -58,7 +58,7 @@ class DiffWPOConfig(DiffSACConfig):
     kl_bound: float = hp(0.02, "KL trust region per env step (sum over kernels)", low=0.0)
     dual_lr: float = hp(6e-4, "Adam learning rate of log lambda", low=0.0, low_open=True)
     init_kl_multiplier: float = hp(1.0, "initial lambda", low=0.0, low_open=True)
-    actor_tau: float = hp(0.005, "Polyak step of the reference actor", low=0.0, high=1.0)
+    actor_tau: float = hp(0.005, "Polyak step of the target (reference) actor", low=0.0, high=1.0)
     precondition: bool = hp(True, "scale each kernel's step by sigma_j^2 (inverse Fisher)")
 
 

@@ -87,16 +87,16 @@ class DIPOConfig(
         0.1, "clip the batch's action-gradient norm at this times |A| (0 = off)", low=0.0
     )
     grad_norm: float = hp(2.0, "clip actor and critic gradient norms (0 = off)", low=0.0)
-    adam_eps: float = hp(1e-8, "Adam epsilon of actor and critic (code: 1e-5)", low=0.0)
-    actor_tau: float = hp(0.005, "Polyak step of the target policy", low=0.0, high=1.0)
+    adam_eps: float = hp(1e-8, "Adam epsilon of actor and critics", low=0.0)
+    actor_tau: float = hp(0.005, "Polyak step of the target (reference) actor", low=0.0, high=1.0)
     actor_target_every: int = hp(1, "updates per Polyak step of the target policy", low=1)
     sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
-        "ddpm", "sampler of behaviour and target actions (code: ddpm with x0 clipping)"
+        "ddpm", "sampler: ddim (probability-flow ODE), ddpm (stochastic, x0 clipped), dpm_solver_2m"
     )
     eval_sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
         "ddim", "sampler of deterministic (evaluation) actions"
     )
-    layer_norm: bool = hp(False, "LayerNorm in the noise network (code: none)")
+    layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
 
 
 class DIPOState(struct.PyTreeNode):

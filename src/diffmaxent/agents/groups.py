@@ -151,7 +151,7 @@ class CrossQCriticSettings(with_defaults(CriticEnsemble, critic_hidden_dims=(204
     q_reduce: Literal["mean", "min"] = hp("mean", "combine critics: mean (DIME) or min (CrossQ)")
     bn_momentum: float = hp(0.99, "BatchRenorm running-statistics momentum", low=0.0, high=1.0)
     bn_warmup: int = hp(100_000, "critic steps of plain BatchNorm before renorm", low=0)
-    policy_delay: int = hp(3, "critic steps per actor and temperature step", low=1)
+    policy_delay: int = hp(3, "critic steps per actor step", low=1)
 
     def critic(self, obs_dim: int, action_dim: int) -> CrossQCritic:
         return CrossQCritic(
@@ -219,7 +219,7 @@ class PPOCore:
     epochs: int = hp(10, "passes over each rollout", low=1)
     batch_size: int = hp(64, "transitions per gradient step", low=1)
     max_grad_norm: float = hp(0.5, "global gradient-norm clip", low=0.0, low_open=True)
-    reward_scale: float = hp(1.0, "multiplies env rewards before GAE", low=0.0, low_open=True)
+    reward_scale: float = hp(1.0, "multiplies env rewards", low=0.0, low_open=True)
     normalize_obs: bool = hp(True, "running mean/std observation normalisation")
 
     def clip_gradients(self, optimizer: optax.GradientTransformation):

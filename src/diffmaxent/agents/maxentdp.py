@@ -87,7 +87,7 @@ class MaxEntDPConfig(
     )
     qne_target_critic: bool = hp(True, "weight QNE candidates (and eval choices) by target critics")
     sampler: Literal["ddim", "ddpm", "dpm_solver_2m"] = hp(
-        "ddim", "ddim = probability-flow ODE (paper); ddpm = official stochastic sampler"
+        "ddim", "sampler: ddim (probability-flow ODE), ddpm (stochastic, x0 clipped), dpm_solver_2m"
     )
     logprob_rule: Literal["rectangle", "gauss_legendre"] = hp(
         "rectangle", "log-prob quadrature: rectangle (paper eq. 21) or gauss_legendre (log-SNR)"

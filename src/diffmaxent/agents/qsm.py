@@ -103,12 +103,12 @@ class QSMConfig(
     )
     target_noise: float = hp(0.1, "std of the Gaussian added to a' in the TD target", low=0.0)
     critic_activation: Literal["relu", "mish"] = hp("relu", "critic hidden activation (code)")
-    layer_norm: bool = hp(False, "LayerNorm in the noise network (code: none)")
+    layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
     actor_lr_decay_steps: int = hp(
-        0, "cosine-decay the actor lr over this many updates (0 = off; code: 2M)", low=0
+        0, "cosine-decay the actor lr over this many updates (0 = off)", low=0
     )
     weight_init: Literal["lecun_normal", "xavier_uniform"] = hp(
-        "lecun_normal", "Dense kernel init of noise net and critics (code: xavier_uniform)"
+        "lecun_normal", "Dense kernel init of noise net and critics (official: xavier_uniform)"
     )
 
 

@@ -108,10 +108,10 @@ class QVPOConfig(
     target_candidates: int = hp(4, "best-of-N by target Q for the critic's next action", low=1)
     eval_candidates: int = hp(32, "M: best-of-M by Q for deterministic actions (1 = sample)", low=1)
     sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
-        "ddpm", "ddim = probability-flow ODE (paper); ddpm = official stochastic sampler"
+        "ddpm", "sampler: ddim (probability-flow ODE), ddpm (stochastic, x0 clipped), dpm_solver_2m"
     )
     grad_clip_norm: float = hp(2.0, "global-norm clip of policy and critic grads (0 = off)", low=0)
-    adam_eps: float = hp(1e-5, "Adam epsilon of policy and critics", low=0.0, low_open=True)
+    adam_eps: float = hp(1e-5, "Adam epsilon of actor and critics", low=0.0, low_open=True)
     layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
 
 
