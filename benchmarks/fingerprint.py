@@ -52,6 +52,21 @@ TINY = {
     "diffppo": {"num_envs": 2, "rollout_steps": 8, "epochs": 2, "num_diffusion_steps": 2},
     "diffsac": {"num_diffusion_steps": 2},
     "diffwpo": {"num_diffusion_steps": 2},
+    "qsm": {"num_diffusion_steps": 2},
+    "dipo": {"num_diffusion_steps": 2, "action_gradient_steps": 2},
+    "qvpo": {
+        "num_diffusion_steps": 2,
+        "num_train_samples": 4,
+        "target_candidates": 2,
+        "behaviour_candidates": 2,
+        "eval_candidates": 3,
+    },
+    "dacer": {
+        "num_diffusion_steps": 2,
+        "entropy_states": 4,
+        "entropy_samples": 16,
+        "gmm_iterations": 5,
+    },
 }
 
 
