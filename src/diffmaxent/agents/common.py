@@ -117,6 +117,37 @@ def apply_gradients(
     return optax.apply_updates(params, updates), opt_state
 
 
+class TargetPolicyState(struct.PyTreeNode):
+    """A policy and twin critics, each with a Polyak-averaged target copy, their optimiser states
+    and the step: the state of DIPO and QVPO."""
+
+    actor_params: Any
+    target_actor_params: Any
+    critic_params: Any
+    target_critic_params: Any
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    step: jax.Array
+
+
+def init_target_policy_state(
+    actor_params: Any,
+    critic_params: Any,
+    actor_optimizer: optax.GradientTransformation,
+    critic_optimizer: optax.GradientTransformation,
+) -> TargetPolicyState:
+    """Targets start equal to the online networks; the step at zero."""
+    return TargetPolicyState(
+        actor_params=actor_params,
+        target_actor_params=actor_params,
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        actor_opt_state=actor_optimizer.init(actor_params),
+        critic_opt_state=critic_optimizer.init(critic_params),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
 class CrossQStyleState(struct.PyTreeNode):
     """State of agents on the CrossQ critic (DIME, CrossQ): no target critics, BatchRenorm
     statistics, and a policy-delayed actor whose latest metrics are carried between its steps."""

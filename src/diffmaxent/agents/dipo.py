@@ -40,7 +40,7 @@ option; where the paper is silent the default is the code's):
   other schedules, ``linear`` and ``vp``, are not used by its run script);
 * evaluation: the code runs its DDPM chain without the per-step noise (``noise_ratio=0``); here
   ``deterministic=True`` samples the deterministic probability-flow chain (``eval_sampler=ddim``);
-* gradient-norm clipping of actor and critic gradients at 2 (``grad_norm``; 0 = off) and the
+* gradient-norm clipping of actor and critic gradients at 2 (``grad_clip_norm``; 0 = off) and the
   target policy's Polyak step every update (``actor_target_every=1``) as in the code; Adam with
   ``eps=1e-5`` in the code (``adam_eps``; default optax's 1e-8);
 * the code treats a time-limit end as terminal in its target; here only a true termination stops
@@ -51,16 +51,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from diffmaxent import diffusion
-from diffmaxent.agents.common import Agent, apply_gradients, polyak_update
-from diffmaxent.agents.groups import DiffusionChain, Discount, Optimisers, TargetCritics
+from diffmaxent.agents.common import (
+    Agent,
+    TargetPolicyState,
+    apply_gradients,
+    init_target_policy_state,
+    polyak_update,
+)
+from diffmaxent.agents.groups import (
+    ClippedOptimisers,
+    DiffusionChain,
+    Discount,
+    TargetCritics,
+)
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
 from diffmaxent.diffusion import NoiseNet
@@ -72,7 +82,7 @@ from diffmaxent.types import Batch, Metrics
 class DIPOConfig(
     with_defaults(DiffusionChain, num_diffusion_steps=100, actor_hidden_dims=(256, 256, 256)),
     with_defaults(TargetCritics, critic_hidden_dims=(256, 256, 256)),
-    Optimisers,
+    ClippedOptimisers,
     Discount,
 ):
     """DIPO hyperparameters; defaults are the paper's (README table) and, where it is silent, the
@@ -86,8 +96,6 @@ class DIPOConfig(
     action_grad_norm_ratio: float = hp(
         0.1, "clip the batch's action-gradient norm at this times |A| (0 = off)", low=0.0
     )
-    grad_norm: float = hp(2.0, "clip actor and critic gradient norms (0 = off)", low=0.0)
-    adam_eps: float = hp(1e-8, "Adam epsilon of actor and critics", low=0.0)
     actor_tau: float = hp(0.005, "Polyak step of the target (reference) actor", low=0.0, high=1.0)
     actor_target_every: int = hp(1, "updates per Polyak step of the target policy", low=1)
     sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
@@ -99,16 +107,7 @@ class DIPOConfig(
     layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
 
 
-class DIPOState(struct.PyTreeNode):
-    """Policy and critics with their Polyak-averaged targets and optimiser states."""
-
-    actor_params: Any
-    target_actor_params: Any
-    critic_params: Any
-    target_critic_params: Any
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    step: jax.Array
+DIPOState = TargetPolicyState
 
 
 def improve_actions(
@@ -146,14 +145,8 @@ def make(config: DIPOConfig, spec: EnvSpec) -> Agent:
     noise_net = NoiseNet(action_dim, config.actor_hidden_dims, layer_norm=config.layer_norm)
     critic = config.critic().clone(activation="mish")
 
-    def optimizer(lr: float) -> optax.GradientTransformation:
-        adam = optax.adam(lr, eps=config.adam_eps)
-        if config.grad_norm > 0:
-            return optax.chain(optax.clip_by_global_norm(config.grad_norm), adam)
-        return adam
-
-    actor_optimizer = optimizer(config.actor_lr)
-    critic_optimizer = optimizer(config.critic_lr)
+    actor_optimizer = config.actor_optimizer()
+    critic_optimizer = config.critic_optimizer()
 
     def init(key: jax.Array) -> DIPOState:
         actor_key, critic_key = jax.random.split(key)
@@ -161,14 +154,8 @@ def make(config: DIPOConfig, spec: EnvSpec) -> Agent:
         action = jnp.zeros((1, action_dim), jnp.float32)
         actor_params = noise_net.init(actor_key, obs, action, jnp.zeros((1,)))
         critic_params = critic.init(critic_key, obs, action)
-        return DIPOState(
-            actor_params=actor_params,
-            target_actor_params=actor_params,
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            actor_opt_state=actor_optimizer.init(actor_params),
-            critic_opt_state=critic_optimizer.init(critic_params),
-            step=jnp.zeros((), jnp.int32),
+        return init_target_policy_state(
+            actor_params, critic_params, actor_optimizer, critic_optimizer
         )
 
     def sample_actions(actor_params, obs: jax.Array, key: jax.Array, sampler: str) -> jax.Array:

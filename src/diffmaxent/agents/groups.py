@@ -45,6 +45,29 @@ class Optimisers:
 
 
 @group
+class ClippedOptimisers(Optimisers):
+    """Adam with a chosen epsilon after a global-norm gradient clip, for actor and critics (the
+    DIPO and QVPO codes' optimiser)."""
+
+    adam_eps: float = hp(1e-8, "Adam epsilon of actor and critics", low=0.0, low_open=True)
+    grad_clip_norm: float = hp(
+        2.0, "global-norm clip of actor and critic gradients (0 = off)", low=0.0
+    )
+
+    def _clipped_adam(self, lr: float) -> optax.GradientTransformation:
+        adam = optax.adam(lr, eps=self.adam_eps)
+        if self.grad_clip_norm > 0:
+            return optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), adam)
+        return adam
+
+    def actor_optimizer(self) -> optax.GradientTransformation:
+        return self._clipped_adam(self.actor_lr)
+
+    def critic_optimizer(self) -> optax.GradientTransformation:
+        return self._clipped_adam(self.critic_lr)
+
+
+@group
 class CrossQOptimisers(Optimisers):
     """CrossQ's Adam with a lower first-moment decay, for actor and critic."""
 

@@ -64,16 +64,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import struct
 
 from diffmaxent import diffusion
-from diffmaxent.agents.common import Agent, apply_gradients, polyak_update, scan_updates
-from diffmaxent.agents.groups import DiffusionChain, Discount, Optimisers, TargetCritics
+from diffmaxent.agents.common import (
+    Agent,
+    TargetPolicyState,
+    apply_gradients,
+    init_target_policy_state,
+    polyak_update,
+    scan_updates,
+)
+from diffmaxent.agents.groups import (
+    ClippedOptimisers,
+    DiffusionChain,
+    Discount,
+    TargetCritics,
+)
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
 from diffmaxent.diffusion import NoiseNet
@@ -87,7 +97,7 @@ THREE_LAYERS = (256, 256, 256)
 class QVPOConfig(
     with_defaults(DiffusionChain, num_diffusion_steps=20, actor_hidden_dims=THREE_LAYERS),
     with_defaults(TargetCritics, critic_hidden_dims=THREE_LAYERS),
-    with_defaults(Optimisers, actor_lr=1e-4),
+    with_defaults(ClippedOptimisers, actor_lr=1e-4, adam_eps=1e-5),
     Discount,
 ):
     """QVPO hyperparameters; defaults are the official code's (``main.py``) and Table B2's."""
@@ -110,21 +120,10 @@ class QVPOConfig(
     sampler: Literal["ddpm", "ddim", "dpm_solver_2m"] = hp(
         "ddpm", "sampler: ddim (probability-flow ODE), ddpm (stochastic, x0 clipped), dpm_solver_2m"
     )
-    grad_clip_norm: float = hp(2.0, "global-norm clip of policy and critic grads (0 = off)", low=0)
-    adam_eps: float = hp(1e-5, "Adam epsilon of actor and critics", low=0.0, low_open=True)
     layer_norm: bool = hp(False, "LayerNorm in the noise network (official: none)")
 
 
-class QVPOState(struct.PyTreeNode):
-    """Policy, its Polyak-averaged target copy, twin critics and their target copies."""
-
-    actor_params: Any
-    target_actor_params: Any
-    critic_params: Any
-    target_critic_params: Any
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    step: jax.Array
+QVPOState = TargetPolicyState
 
 
 # --- the pieces the paper names, as pure functions of arrays ------------------------------------
@@ -206,14 +205,8 @@ def make(config: QVPOConfig, spec: EnvSpec) -> Agent:
     noise_net = NoiseNet(action_dim, config.actor_hidden_dims, layer_norm=config.layer_norm)
     critic = config.critic().clone(activation="mish")
 
-    def optimiser(lr: float) -> optax.GradientTransformation:
-        adam = optax.adam(lr, eps=config.adam_eps)
-        if config.grad_clip_norm > 0:
-            return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
-        return adam
-
-    actor_optimizer = optimiser(config.actor_lr)
-    critic_optimizer = optimiser(config.critic_lr)
+    actor_optimizer = config.actor_optimizer()
+    critic_optimizer = config.critic_optimizer()
 
     def init(key: jax.Array) -> QVPOState:
         actor_key, critic_key = jax.random.split(key)
@@ -221,14 +214,8 @@ def make(config: QVPOConfig, spec: EnvSpec) -> Agent:
         action = jnp.zeros((1, action_dim), jnp.float32)
         actor_params = noise_net.init(actor_key, obs, action, jnp.zeros((1,)))
         critic_params = critic.init(critic_key, obs, action)
-        return QVPOState(
-            actor_params=actor_params,
-            target_actor_params=actor_params,
-            critic_params=critic_params,
-            target_critic_params=critic_params,
-            actor_opt_state=actor_optimizer.init(actor_params),
-            critic_opt_state=critic_optimizer.init(critic_params),
-            step=jnp.zeros((), jnp.int32),
+        return init_target_policy_state(
+            actor_params, critic_params, actor_optimizer, critic_optimizer
         )
 
     def sample_candidates(actor_params, obs: jax.Array, key: jax.Array, num: int) -> jax.Array:
