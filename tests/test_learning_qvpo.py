@@ -9,6 +9,7 @@ from diffmaxent import runs
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_qvpo_reaches_minus_300_on_pendulum(tmp_path):
     result = diffmaxent.train(
         "qvpo",
