@@ -58,3 +58,22 @@ def test_bench_reports_update_env_step_and_phases(capsys):
     )
     out = capsys.readouterr().out
     assert "matmul rate" in out and "critic step" in out
+
+
+def test_bench_times_a_rollout_update_of_an_on_policy_agent():
+    result = run_bench(
+        "ppo",
+        "Pendulum-v1",
+        overrides={
+            "actor_hidden_dims": "8,8",
+            "critic_hidden_dims": "8,8",
+            "num_envs": 2,
+            "rollout_steps": 16,
+            "batch_size": 8,
+        },
+        repeats=2,
+    )
+    assert result.update_label == "rollout of 32 env steps"
+    assert result.update_seconds_per_env_step == result.update_seconds / 32
+    assert result.update_flops > 0 and result.env_step_seconds > 0
+    assert any(line.startswith("update per env step") for line in result.lines())

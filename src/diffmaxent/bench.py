@@ -1,6 +1,12 @@
 """``diffmaxent bench``: what one update and one env step cost, and how close to the machine's
 matmul rate the update runs.
 
+An update is what the agent's loop calls between env steps: one gradient step on a replay batch
+for replay agents, one ``update`` on a whole rollout (all its epochs and minibatches) for
+on-policy agents. So that the two compare, the report also gives the update time per env step
+(``updates_per_step`` replay updates per env step; one rollout update per
+``num_envs * rollout_steps`` env steps).
+
 Timings are medians over repeated calls after a warm-up (compile) call, each call ended with
 ``block_until_ready``. FLOPs are counted from the jaxpr: every ``dot_general`` contributes
 ``2 * prod(batch, free, contracted dims)``, and ``scan`` bodies count ``length`` times, so the
@@ -21,8 +27,8 @@ import numpy as np
 
 from diffmaxent.api import resolve_config
 from diffmaxent.buffer import ReplayBuffer
-from diffmaxent.errors import UsageError
 from diffmaxent.loops import REPLAY
+from diffmaxent.loops.rollout import collect_rollout, make_vector_env
 from diffmaxent.registry import get_algo, make_agent
 
 
@@ -94,13 +100,21 @@ class BenchResult:
     env_step_seconds: float
     matmul_flops_per_second: float
     phases: dict[str, tuple[float, float]]  # name -> (median seconds, matmul FLOPs)
+    updates_per_env_step: float = 1.0
+    update_label: str = "1 gradient step"
+
+    @property
+    def update_seconds_per_env_step(self) -> float:
+        return self.update_seconds * self.updates_per_env_step
 
     def lines(self) -> list[str]:
         rate = self.update_flops / self.update_seconds if self.update_seconds > 0 else 0.0
+        update_head = f"update ({self.update_label}):"
         out = [
             f"{self.algo} (preset {self.preset}) on {self.env}, backend {jax.default_backend()}",
-            f"update (1 gradient step):     {1e3 * self.update_seconds:9.2f} ms median, "
+            f"{update_head:<30}{1e3 * self.update_seconds:9.2f} ms median, "
             f"{self.update_flops / 1e9:8.3f} GFLOP matmul, {rate / 1e9:7.1f} GFLOP/s",
+            f"update per env step:          {1e3 * self.update_seconds_per_env_step:9.3f} ms",
             f"env step (act + simulate):    {1e3 * self.env_step_seconds:9.3f} ms median",
             f"plain float32 matmul rate:    {self.matmul_flops_per_second / 1e9:9.1f} GFLOP/s; "
             f"the update reaches {rate / self.matmul_flops_per_second:.0%} of it",
@@ -124,13 +138,10 @@ def run_bench(
     env_steps: int = 200,
     seed: int = 0,
 ) -> BenchResult:
-    """Time one gradient step (and each named phase the agent exposes) and one env step."""
-    if get_algo(algo).loop is not REPLAY:
-        raise UsageError(
-            f"bench times replay-batch updates; {algo} is on-policy "
-            "(benchmarks/dmerl_rollout.py measures its rollouts)"
-        )
+    """Time one update (and each named phase the agent exposes) and one env step."""
     config = resolve_config(algo, env_id, preset=preset, overrides=overrides, seed=seed)
+    if get_algo(algo).loop is not REPLAY:
+        return _bench_rollout_agent(algo, preset, env_id, config, repeats, seed)
     env = config.make_env(seed)
     spec = env.env_spec
     agent = make_agent(config, spec)
@@ -177,4 +188,47 @@ def run_bench(
         env_step_seconds=env_step_seconds,
         matmul_flops_per_second=matmul_rate(),
         phases=phases,
+        updates_per_env_step=float(config.loop.updates_per_step),
+    )
+
+
+def _bench_rollout_agent(
+    algo: str, preset: str, env_id: str, config: Any, repeats: int, seed: int
+) -> BenchResult:
+    """Time one ``update`` on a rollout of the loop's size, and env steps as the rollout loop
+    takes them (one ``collect`` call per vector step of ``num_envs`` envs)."""
+    loop = config.loop
+    spec_env = config.make_env(seed)
+    agent = make_agent(config, spec_env.env_spec)
+    spec_env.close()
+    envs = make_vector_env(env_id, loop.num_envs, seed, loop.action_repeat)
+    key = jax.random.PRNGKey(seed)
+    state = agent.init(key)
+    obs = np.asarray(envs.reset()[0], np.float32)
+    rollout, obs, key = collect_rollout(agent, state, envs, obs, key, loop.rollout_steps)
+
+    update_seconds = median_seconds(lambda: agent.update(state, rollout, key), repeats)
+    update_flops = matmul_flops(agent.update, state, rollout, key)
+
+    vector_steps = 10
+
+    def some_env_steps() -> None:
+        nonlocal obs, key
+        steps, obs, key = collect_rollout(agent, state, envs, obs, key, vector_steps)
+        jax.block_until_ready(steps.extras)
+
+    env_step_seconds = median_seconds(some_env_steps, repeats) / (vector_steps * loop.num_envs)
+    envs.close()
+    steps_per_rollout = loop.num_envs * loop.rollout_steps
+    return BenchResult(
+        algo=algo,
+        preset=preset,
+        env=env_id,
+        update_seconds=update_seconds,
+        update_flops=update_flops,
+        env_step_seconds=env_step_seconds,
+        matmul_flops_per_second=matmul_rate(),
+        phases={},
+        updates_per_env_step=1.0 / steps_per_rollout,
+        update_label=f"rollout of {steps_per_rollout} env steps",
     )
