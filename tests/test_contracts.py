@@ -69,6 +69,7 @@ TINY = {
         "entropy_samples": 16,
         "gmm_iterations": 5,
     },
+    "td3": {},
 }
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")

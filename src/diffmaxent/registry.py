@@ -23,6 +23,7 @@ from diffmaxent.agents import (
     qsm,
     qvpo,
     sac,
+    td3,
 )
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
@@ -150,6 +151,14 @@ ALGOS: dict[str, AlgoSpec] = {
             dacer.DACERConfig,
             dacer.make,
             dacer.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "td3",
+            "TD3: deterministic actor, clipped double-Q, target policy smoothing, delayed actor",
+            td3.TD3Config,
+            td3.make,
+            td3.PRESETS,
             REPLAY,
         ),
     )
