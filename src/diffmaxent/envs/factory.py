@@ -2,10 +2,11 @@
 flat float32 vectors and whose actions live in [-1, 1]^|A|, with ``terminated`` and ``truncated``
 kept apart so that agents bootstrap through time limits.
 
-Three suites share it: Gymnasium ids (``HalfCheetah-v5``), DeepMind Control (``dmc:dog-run``, see
-:mod:`diffmaxent.envs.dmc`) and MyoSuite (``myo:myoHandReorient8-v0``). :func:`paper_env_id` names
-the env closest to what the MaxEntDP and DIME papers trained on for each Gym MuJoCo task
-(``paper/Ant-v3``, see :mod:`diffmaxent.envs.paper_mujoco` and docs/envs.md).
+Four suites share it: Gymnasium ids (``HalfCheetah-v5``), DeepMind Control (``dmc:dog-run``, see
+:mod:`diffmaxent.envs.dmc`), MyoSuite (``myo:myoHandReorient8-v0``) and MuJoCo Playground's
+DeepMind Control tasks on MJX (``mjx:CheetahRun``, see :mod:`diffmaxent.envs.mjx`).
+:func:`paper_env_id` names the env closest to what the MaxEntDP and DIME papers trained on for
+each Gym MuJoCo task (``paper/Ant-v3``, see :mod:`diffmaxent.envs.paper_mujoco` and docs/envs.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from diffmaxent.config import task_of
 from diffmaxent.envs import mixture_bandit, multigoal  # noqa: F401  (register their ids)
 from diffmaxent.envs.dmc import DMC_PREFIX, DMCEnv, parse_dmc_id
+from diffmaxent.envs.mjx import MJX_PREFIX, MJXGymEnv
 from diffmaxent.envs.paper_mujoco import PAPER_ENVS, paper_id  # registers paper/<Task>-v3
 from diffmaxent.errors import UsageError
 
@@ -150,9 +152,12 @@ MYO_PREFIX = "myo:"
 
 
 def env_suite(env_id: str) -> str:
-    """``"dmc"`` for ``dmc:`` ids, ``"myo"`` for ``myo:`` ids, else ``"gym"``."""
+    """``"dmc"`` for ``dmc:`` ids, ``"myo"`` for ``myo:`` ids, ``"mjx"`` for ``mjx:`` ids, else
+    ``"gym"``."""
     if env_id.startswith(DMC_PREFIX):
         return "dmc"
+    if env_id.startswith(MJX_PREFIX):
+        return "mjx"
     if env_id.startswith(MYO_PREFIX):
         return "myo"
     return "gym"
@@ -242,7 +247,8 @@ def make_env(
     Args:
         env_id: a Gymnasium id (``Pendulum-v1``, ``HalfCheetah-v5``, ``MultiGoal-v0``,
             ``some_module:EnvName-v0``), ``dmc:DOMAIN-TASK`` (``dmc:dog-run``; needs the ``dmc``
-            extra) or ``myo:ENV_ID`` (``myo:myoHandReorient8-v0``; needs the ``myo`` extra).
+            extra), ``myo:ENV_ID`` (``myo:myoHandReorient8-v0``; needs the ``myo`` extra) or
+            ``mjx:TASK[@IMPL]`` (``mjx:CartpoleBalance``; needs the ``mjx`` extra).
         seed: seeds the first reset and the action space's sampler.
         action_repeat: env steps per agent action, rewards summed (1 = off).
         render_mode: ``"rgb_array"`` makes ``env.render()`` return frames ``[H, W, 3]`` uint8,
@@ -262,7 +268,7 @@ def make_env(
     if env_id.count(":") > 1:
         raise UsageError(
             f"bad env id {env_id!r}: more than one ':' (use Env-v0, module:Env-v0, "
-            "dmc:DOMAIN-TASK or myo:ENV_ID)"
+            "dmc:DOMAIN-TASK, myo:ENV_ID or mjx:TASK)"
         )
     if isinstance(action_repeat, bool) or not isinstance(action_repeat, int) or action_repeat < 1:
         raise UsageError(f"action_repeat must be an integer >= 1, got {action_repeat!r}")
@@ -272,6 +278,8 @@ def make_env(
         choose_offscreen_gl()
     if suite == "dmc":
         env = _make_dmc(env_id, render_mode)
+    elif suite == "mjx":
+        env = MJXGymEnv(env_id, render_mode=render_mode)
     elif suite == "myo":
         env = MyoSuccess(_make_gym(env_id[len(MYO_PREFIX) :], env_id, render_mode, kwargs))
     else:
