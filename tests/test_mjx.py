@@ -254,6 +254,7 @@ def test_rendered_frame_is_a_non_blank_rgb_image():
 
 
 def test_missing_extra_names_the_extra(monkeypatch):
+    MJXGymEnv("mjx:CartpoleBalance")  # loaded tasks (cached) must not hide a missing extra
     for name in list(sys.modules):
         if name == "mujoco_playground" or name.startswith("mujoco_playground."):
             monkeypatch.delitem(sys.modules, name)
