@@ -70,6 +70,7 @@ TINY = {
         "gmm_iterations": 5,
     },
     "td3": {},
+    "meow": {"critic_hidden_dims": "16,16", "state_net_init": "orthogonal"},
 }
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")

@@ -19,6 +19,7 @@ from diffmaxent.agents import (
     dime,
     dipo,
     maxentdp,
+    meow,
     ppo,
     qsm,
     qvpo,
@@ -159,6 +160,14 @@ ALGOS: dict[str, AlgoSpec] = {
             td3.TD3Config,
             td3.make,
             td3.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "meow",
+            "MEow: one energy-based normalising flow as policy and soft Q, exact soft value",
+            meow.MEowConfig,
+            meow.make,
+            meow.PRESETS,
             REPLAY,
         ),
     )
