@@ -71,6 +71,7 @@ TINY = {
     },
     "td3": {},
     "meow": {"critic_hidden_dims": "16,16", "state_net_init": "orthogonal"},
+    "bro": {"critic_hidden_dims": "32,32", "num_quantiles": 8},
 }
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")

@@ -323,3 +323,102 @@ class CrossQCritic:
             **extra,
         }
         return loss, (updates["batch_stats"], metrics)
+
+
+# --- BroNet and the quantile critic (BRO, Nauman et al. 2024) ------------------------------------
+
+
+def orthogonal_init(scale: float = 2.0**0.5) -> nn.initializers.Initializer:
+    """Orthogonal weights times ``scale`` (the BRO code's initialiser for every Dense layer)."""
+    return nn.initializers.orthogonal(scale)
+
+
+class BroResidualBlock(nn.Module):
+    """One BroNet block: ``x + LN(W_2 relu(LN(W_1 x + b_1)) + b_2)``.
+
+    LayerNorm sits after each Dense layer, inside the residual branch, and nothing normalises the
+    sum (Nauman et al. 2024, Fig. 4), so the residual stream keeps its scale. ``x [..., width]``
+    -> ``[..., width]``; ``inner_dim`` is the branch's hidden width."""
+
+    width: int
+    inner_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        branch = nn.LayerNorm()(nn.Dense(self.inner_dim, kernel_init=orthogonal_init())(x))
+        branch = nn.relu(branch)
+        branch = nn.LayerNorm()(nn.Dense(self.width, kernel_init=orthogonal_init())(branch))
+        return x + branch
+
+
+class BroNet(nn.Module):
+    """BroNet: ``relu(LN(Dense(width)(x)))``, then one :class:`BroResidualBlock` per further
+    entry of ``hidden_dims = (width, inner_1, ..., inner_k)``, then a Dense of ``output_dim``
+    (none when ``output_dim`` is None). The published critic is ``(512, 512, 512)`` (two blocks),
+    the actor ``(256, 256)`` (one block).
+
+    ``x [..., in_dim]`` -> ``[..., output_dim]`` (or ``[..., width]``)."""
+
+    hidden_dims: Sequence[int]
+    output_dim: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width, *inner_dims = self.hidden_dims
+        x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=orthogonal_init())(x)))
+        for inner_dim in inner_dims:
+            x = BroResidualBlock(width, inner_dim)(x)
+        if self.output_dim is not None:
+            x = nn.Dense(self.output_dim, kernel_init=orthogonal_init())(x)
+        return x
+
+
+class BroCriticEnsemble(nn.Module):
+    """``num_critics`` independent BroNets on ``[s, a]``, each with ``num_outputs`` outputs (the
+    quantiles, or 1 for a scalar critic): ``obs [B, obs_dim]``, ``action [B, A]`` ->
+    ``[num_critics, B, num_outputs]``."""
+
+    hidden_dims: Sequence[int]
+    num_outputs: int
+    num_critics: int = 2
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            BroNet,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        inputs = jnp.concatenate([obs, action], axis=-1)
+        return ensemble(tuple(self.hidden_dims), self.num_outputs)(inputs)
+
+
+def quantile_midpoints(num_quantiles: int) -> jax.Array:
+    """The quantile levels ``tau_i = (2i - 1) / (2N)``, i = 1..N, that N quantile outputs estimate
+    (QR-DQN, Dabney et al. 2018): ``[N]``."""
+    return (jnp.arange(num_quantiles, dtype=jnp.float32) + 0.5) / num_quantiles
+
+
+def quantile_huber_loss(
+    predicted: jax.Array, target: jax.Array, taus: jax.Array, kappa: float = 1.0
+) -> jax.Array:
+    """The quantile Huber loss of QR-DQN (Dabney et al. 2018, eq. 10) per sample.
+
+    With ``u_ij = target_j - predicted_i`` and the Huber loss ``L_kappa``:
+    ``sum_i mean_j |tau_i - 1{u_ij < 0}| L_kappa(u_ij) / kappa``.
+
+    Args:
+        predicted: ``[..., N]`` quantile estimates at levels ``taus [N]``.
+        target: ``[..., M]`` samples of the target distribution (gradient not stopped here).
+
+    Returns:
+        ``[...]``.
+    """
+    td = target[..., None, :] - predicted[..., :, None]  # [..., N, M]
+    abs_td = jnp.abs(td)
+    huber = jnp.where(abs_td <= kappa, 0.5 * td**2, kappa * (abs_td - 0.5 * kappa))
+    weight = jnp.abs(taus[:, None] - (td < 0).astype(td.dtype))
+    return jnp.sum(jnp.mean(weight * huber / kappa, axis=-1), axis=-1)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from diffmaxent.agents import (
+    bro,
     crossq,
     dacer,
     diffppo,
@@ -152,6 +153,14 @@ ALGOS: dict[str, AlgoSpec] = {
             dacer.DACERConfig,
             dacer.make,
             dacer.PRESETS,
+            REPLAY,
+        ),
+        AlgoSpec(
+            "bro",
+            "BRO: BroNet quantile critics, optimistic dual-policy exploration, resets, high UTD",
+            bro.BROConfig,
+            bro.make,
+            bro.PRESETS,
             REPLAY,
         ),
         AlgoSpec(
