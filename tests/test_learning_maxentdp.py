@@ -1,29 +1,10 @@
-"""MaxEntDP learning tests (cpu preset): Pendulum return and MultiGoal mode coverage."""
+"""MaxEntDP learning test beyond Pendulum (cpu preset): MultiGoal mode coverage."""
 
 from __future__ import annotations
 
 import pytest
 
 import diffmaxent
-from diffmaxent import runs
-
-
-@pytest.mark.learning
-@pytest.mark.long_learning
-def test_maxentdp_reaches_minus_250_on_pendulum(tmp_path):
-    result = diffmaxent.train(
-        "maxentdp",
-        "Pendulum-v1",
-        steps=8_000,
-        seed=0,
-        out=tmp_path / "pendulum",
-        preset="cpu",
-        overrides={"eval_every": 1_000, "eval_episodes": 10},
-        progress=False,
-    )
-    returns = [row["eval_return_mean"] for row in runs.read_metrics(result.run_dir)]
-    print("MaxEntDP Pendulum-v1 evaluation returns:", [round(r, 1) for r in returns])
-    assert max(returns) >= -250
 
 
 @pytest.mark.learning
