@@ -397,7 +397,9 @@ class RunRecorder:
 
     It owns the evaluation env (seeded ``seed + EVAL_SEED_OFFSET``, or restored from ``resume``),
     ``metrics.csv``, the checkpoints and ``status.json``; it reports evaluations on ``bar``
-    (``label`` names the seed when several train together).
+    (``label`` names the seed when several train together). A loop that evaluates on its own
+    (the device loop: envs reset from the evaluation key, no state kept between evaluations)
+    passes ``evaluate(state, key) -> Evaluation`` instead, and no evaluation env is made.
     """
 
     def __init__(
@@ -408,6 +410,7 @@ class RunRecorder:
         bar: Progress,
         resume: ResumePoint | None = None,
         label: str = "",
+        evaluate: Callable[[Any, jax.Array], Evaluation] | None = None,
     ) -> None:
         config = setup.config
         self.config = config
@@ -427,7 +430,8 @@ class RunRecorder:
             *report_names,
             *metric_names,
         ]
-        self.eval_env = config.make_env(config.seed + EVAL_SEED_OFFSET)
+        self.own_evaluate = evaluate
+        self.eval_env = None if evaluate else config.make_env(config.seed + EVAL_SEED_OFFSET)
         rows: list[dict[str, Any]] = []
         wall_seconds = 0.0
         self.last_checkpoint: Path | None = None
@@ -436,7 +440,7 @@ class RunRecorder:
             recorded = resume.info["recorder"]
             rows = [decode_floats(row) for row in recorded["rows"]]
             wall_seconds = float(recorded["wall_seconds"])
-            if not restore_env(
+            if self.eval_env is not None and not restore_env(
                 self.eval_env, "eval_env/", resume.arrays, recorded["eval_env"], "evaluation env"
             ):
                 self.eval_env = config.make_env(fresh_seed(config.seed + EVAL_SEED_OFFSET, 0))
@@ -499,9 +503,12 @@ class RunRecorder:
         snapshot: Snapshot,
     ) -> None:
         loop = self.config.loop
-        evaluation = evaluate(
-            agent, state, self.eval_env, loop.eval_episodes, key, loop.eval_deterministic
-        )
+        if self.own_evaluate is not None:
+            evaluation = self.own_evaluate(state, key)
+        else:
+            evaluation = evaluate(
+                agent, state, self.eval_env, loop.eval_episodes, key, loop.eval_deterministic
+            )
         self.eval_mean = float(evaluation.returns.mean())
         self.eval_std = float(evaluation.returns.std())
         row = {
@@ -554,7 +561,9 @@ class RunRecorder:
         recorder = {
             "rows": [encode_floats(row) for row in self.log.rows],
             "wall_seconds": self.wall_seconds,
-            "eval_env": capture_env(self.eval_env, "eval_env/", arrays),
+            "eval_env": {}
+            if self.eval_env is None
+            else capture_env(self.eval_env, "eval_env/", arrays),
         }
         meta = {
             "env_step": env_step,
@@ -588,7 +597,7 @@ class RunRecorder:
             "eval_return_std": self.eval_std,
         }
         report = self.report
-        if report is not None and report.plot_episodes > 0:
+        if report is not None and report.plot_episodes > 0 and self.eval_env is not None:
             # The figure shows the policy's own samples (stochastic), as in the MaxEntDP paper.
             sampled = evaluate(agent, state, self.eval_env, report.plot_episodes, key, False, True)
             if report.plot is not None:
@@ -615,7 +624,8 @@ class RunRecorder:
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()
-        self.eval_env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
 
 class SeedRecorders:
@@ -626,7 +636,8 @@ class SeedRecorders:
     directory says so, as a single run's would) while the others go on; the loop keeps computing
     it on the seed axis but nothing of it is recorded any more. When no seed is left, or at the
     end when some diverged, the divergence is raised (one seed: its own
-    :class:`TrainingDiverged`, unchanged).
+    :class:`TrainingDiverged`, unchanged). ``evaluate``, if given, is each seed's
+    :class:`RunRecorder` evaluation.
     """
 
     def __init__(
@@ -636,6 +647,7 @@ class SeedRecorders:
         total_steps: int,
         resumes: Sequence[ResumePoint] | None,
         member: Callable[[Any, int], Any] = lambda packed, index: packed,
+        evaluate: Callable[[Any, jax.Array], Evaluation] | None = None,
     ) -> None:
         first = setups[0]
         self.member = member  # seed index's part of a packed state or key
@@ -661,6 +673,7 @@ class SeedRecorders:
                         self.bar,
                         resumes[index] if resumes else None,
                         str(setup.config.seed) if self.many else "",
+                        evaluate,
                     )
                 )
         except BaseException:
