@@ -46,7 +46,7 @@ from diffmaxent.loops.bookkeeping import (
     TrainResult,
 )
 from diffmaxent.loops.seeds import SEED_BATCHING
-from diffmaxent.registry import AlgoSpec, get_algo, make_agent
+from diffmaxent.registry import AlgoSpec, get_algo, loop_for, make_agent
 
 # `diffmaxent train` with no arguments: MaxEntDP on the multi-goal task of the paper's Fig. 1.
 DEFAULT_ALGO = "maxentdp"
@@ -81,7 +81,8 @@ def resolve_config(
     values = {**preset_values(spec.presets, preset, env), **dict(overrides or {})}
     warn_if_wrong_suite(spec, preset, env)
     agent_names = set(field_types(spec.config_cls))
-    loop_names = set(field_types(spec.loop.config_cls))
+    loop = loop_for(spec, env)
+    loop_names = set(field_types(loop.config_cls))
     unknown = sorted(set(values) - agent_names - loop_names)
     if unknown:
         accepted = ", ".join(sorted(agent_names | loop_names))
@@ -90,7 +91,7 @@ def resolve_config(
         spec.config_cls(), {k: v for k, v in values.items() if k in agent_names}
     )
     loop_config = replace_validated(
-        spec.loop.config_cls(), {k: v for k, v in values.items() if k in loop_names}
+        loop.config_cls(), {k: v for k, v in values.items() if k in loop_names}
     )
     for message in spec.config_warnings(agent_config):
         warnings.warn(message, BiasedEstimatorWarning, stacklevel=2)
@@ -131,7 +132,7 @@ def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
             seed=_check_int("seed", data["seed"], 0),
             steps=_check_int("steps", data["steps"], 1),
             agent=replace_validated(spec.config_cls(), data["agent"]),
-            loop=replace_validated(spec.loop.config_cls(), data["loop"]),
+            loop=replace_validated(loop_for(spec, data["env"]).config_cls(), data["loop"]),
         )
     except (KeyError, TypeError, AttributeError) as error:
         raise UsageError(f"not a run config: {type(error).__name__} {error}") from None
@@ -473,7 +474,7 @@ def _run(spec: AlgoSpec, setups: Sequence[RunSetup], agent: Any) -> list[TrainRe
     status recorded however they end."""
     try:
         with stop_on_signals(setups[0].stop):
-            return spec.loop.run(setups, agent)
+            return loop_for(spec, setups[0].config.env).run(setups, agent)
     except (TrainingStopped, UsageError):
         raise  # the recorders wrote the status, or nothing was changed
     except KeyboardInterrupt:

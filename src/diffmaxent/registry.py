@@ -30,8 +30,9 @@ from diffmaxent.agents import (
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.mjx import MJX_PREFIX
 from diffmaxent.errors import UsageError
-from diffmaxent.loops import REPLAY, ROLLOUT, Loop
+from diffmaxent.loops import DEVICE_LOOPS, REPLAY, ROLLOUT, Loop
 from diffmaxent.loops.bookkeeping import ResolvedConfig
 
 
@@ -187,6 +188,12 @@ def get_algo(name: str) -> AlgoSpec:
     if name not in ALGOS:
         raise UsageError(f"unknown algo {name!r}; accepted: {', '.join(ALGOS)}")
     return ALGOS[name]
+
+
+def loop_for(spec: AlgoSpec, env: str) -> Loop:
+    """The loop that trains ``spec`` on ``env``: on ``mjx:`` envs the device loop, else its
+    own."""
+    return DEVICE_LOOPS[spec.loop.name] if env.startswith(MJX_PREFIX) else spec.loop
 
 
 def matmul_precision(config: ResolvedConfig) -> str:

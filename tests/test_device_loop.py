@@ -1,0 +1,225 @@
+"""The device loop (``mjx:`` envs, training in one compiled program): the on-device replay buffer,
+determinism, seeds that differ, episode ends stored as the env gave them (termination apart from
+truncation, the real final observation), runs continued via the API that end bit for bit where
+the uninterrupted ones do, and sac and ppo end to end through :func:`diffmaxent.train`.
+
+MJX compiles for about a minute per program on a CPU, so every run of an algorithm here shares
+one configuration (one compiled program, cached by the loop) and the runs are module fixtures.
+
+Needs the `mjx` extra.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffmaxent
+from diffmaxent import checkpoint, runs
+from diffmaxent.buffer import ReplayBuffer
+from diffmaxent.loops.device import DeviceBuffer
+from diffmaxent.types import Batch
+
+pytest.importorskip("mujoco_playground")
+
+ENV = "mjx:CartpoleBalance"
+SMALL = {"actor_hidden_dims": "32,32", "critic_hidden_dims": "32,32", "eval_episodes": 2}
+# 4 envs, 8 control steps per action: an episode is 125 steps of the loop, so each env ends two
+# (truncated) episodes in 1,024 env steps; updates from env step 256 on.
+SAC = {
+    **SMALL,
+    "num_envs": 4,
+    "action_repeat": 8,
+    "learning_starts": 256,
+    "batch_size": 32,
+    "eval_every": 512,
+}
+SAC_STEPS = 1_024
+# 4 envs, rollouts of 32 steps: 128 env steps per update; an evaluation every 4 updates.
+PPO = {
+    **SMALL,
+    "num_envs": 4,
+    "rollout_steps": 32,
+    "action_repeat": 8,
+    "epochs": 2,
+    "batch_size": 64,
+    "eval_every": 256,
+}
+PPO_STEPS = 512
+
+
+def _train(algo: str, out: Path, steps: int, seed: int = 0, **kwargs):
+    overrides = SAC if algo == "sac" else PPO
+    return diffmaxent.train(
+        algo, ENV, steps=steps, seed=seed, out=out, overrides=overrides, progress=False, **kwargs
+    )
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / runs.METRICS_FILE).open() as file:
+        return [
+            {k: v for k, v in row.items() if k != "wall_seconds"} for row in csv.DictReader(file)
+        ]
+
+
+def _newest_checkpoint(run_dir: Path) -> dict[str, np.ndarray]:
+    """The agent state and the loop's arrays of the run's newest checkpoint."""
+    last = checkpoint.list_checkpoints(run_dir / runs.CHECKPOINT_DIR)[-1]
+    arrays = {}
+    for name in (checkpoint.STATE_FILE, checkpoint.LOOP_FILE):
+        with np.load(last / name) as data:
+            arrays.update({f"{name}/{key}": data[key] for key in data.files})
+    return arrays
+
+
+def _replay(run_dir: Path, inserted: int) -> ReplayBuffer:
+    return ReplayBuffer.restore(run_dir / runs.REPLAY_DIR, 1_000_000, 5, 1, inserted)
+
+
+def _assert_same_run(first: Path, second: Path) -> None:
+    assert _rows(first) == _rows(second)
+    a, b = _newest_checkpoint(first), _newest_checkpoint(second)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sac") / "run"
+    return _train("sac", out, SAC_STEPS), out
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo") / "run"
+    return _train("ppo", out, PPO_STEPS), out
+
+
+# --- the on-device replay buffer -----------------------------------------------------------------
+
+
+def _transition(value: float, terminated: float, truncated: float) -> Batch:
+    return Batch(
+        obs=jnp.full((1, 2), value),
+        action=jnp.full((1, 1), -value),
+        reward=jnp.full((1,), value),
+        next_obs=jnp.full((1, 2), value + 0.5),
+        terminated=jnp.full((1,), terminated),
+        truncated=jnp.full((1,), truncated),
+    )
+
+
+def test_buffer_keeps_termination_apart_from_truncation_and_overwrites_the_oldest():
+    buffer = DeviceBuffer.empty(3, 2, 1)
+    buffer = buffer.insert(_transition(1.0, terminated=1.0, truncated=0.0))
+    buffer = buffer.insert(_transition(2.0, terminated=0.0, truncated=1.0))
+    np.testing.assert_array_equal(buffer.terminated, [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(buffer.truncated, [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(buffer.next_obs[:2, 0], [1.5, 2.5])
+    # Two more: the second goes to row 0, the oldest.
+    both = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b]),
+        _transition(3.0, 0.0, 0.0),
+        _transition(4.0, 0.0, 0.0),
+    )
+    buffer = buffer.insert(both)
+    assert int(buffer.inserted) == 4
+    np.testing.assert_array_equal(buffer.reward, [4.0, 2.0, 3.0])
+    np.testing.assert_array_equal(buffer.terminated, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(buffer.truncated, [0.0, 1.0, 0.0])
+    # Samples are whole rows of the filled part.
+    sample = buffer.sample(jax.random.PRNGKey(0), 64, 2)
+    assert sample.reward.shape == (2, 64)
+    np.testing.assert_array_equal(sample.obs[..., 0], sample.reward)
+    np.testing.assert_array_equal(sample.truncated, (sample.reward == 2.0).astype(np.float32))
+    assert set(np.unique(sample.reward)) == {2.0, 3.0, 4.0}
+
+
+def test_buffer_samples_only_filled_rows_and_round_trips_through_the_host():
+    buffer = DeviceBuffer.empty(8, 2, 1).insert(_transition(7.0, 0.0, 1.0))
+    sample = buffer.sample(jax.random.PRNGKey(1), 32, 1)
+    np.testing.assert_array_equal(sample.reward, np.full((1, 32), 7.0))
+    back = DeviceBuffer.from_host(buffer.to_host())
+    for name, value in buffer._asdict().items():
+        np.testing.assert_array_equal(getattr(back, name), value, err_msg=name)
+
+
+# --- sac ------------------------------------------------------------------------------------------
+
+
+def test_sac_runs_end_to_end_and_evaluates_at_its_points(sac_run):
+    result, out = sac_run
+    assert [row["env_step"] for row in result.metrics] == [512, 1024]
+    updates = SAC_STEPS // 4 - SAC["learning_starts"] // 4 + 1
+    assert result.metrics[-1]["updates"] == updates
+    assert all(np.isfinite(row["eval_return_mean"]) for row in result.metrics)
+    assert np.isfinite(result.metrics[-1]["critic_loss"])
+    assert runs.read_json(out / runs.STATUS_FILE)["status"] == "complete"
+    assert runs.read_json(out / runs.CONFIG_FILE)["loop"]["num_envs"] == 4
+
+
+def test_sac_episode_ends_are_truncations_with_the_real_final_observation(sac_run):
+    """Cartpole never terminates; its time limit is a truncation, stored with the episode's real
+    last observation as next_obs (the env's next obs is then a new episode's first)."""
+    result, out = sac_run
+    buffer = _replay(out, SAC_STEPS)
+    rows = SAC_STEPS  # row i is env i % 4's step i // 4
+    assert not buffer.terminated[:rows].any()
+    ended = np.flatnonzero(buffer.truncated[:rows])
+    assert list(ended) == [4 * 124 + e for e in range(4)] + [4 * 249 + e for e in range(4)]
+    continuing = np.setdiff1d(np.arange(rows - 4), ended)
+    np.testing.assert_array_equal(buffer.next_obs[continuing], buffer.obs[continuing + 4])
+    first = ended[:4]
+    assert not np.any(np.all(buffer.next_obs[first] == buffer.obs[first + 4], axis=1))
+    # The cart starts near the centre at rest: a new episode's first observation.
+    np.testing.assert_allclose(buffer.obs[first + 4, 0], 0.0, atol=0.1)
+    assert result.metrics[0]["train_episode_return"] is not None
+
+
+def test_same_seed_same_run(sac_run, tmp_path):
+    _, out = sac_run
+    _train("sac", tmp_path / "again", SAC_STEPS)
+    _assert_same_run(out, tmp_path / "again")
+
+
+def test_other_seed_other_run(sac_run, tmp_path):
+    result, _ = sac_run
+    other = _train("sac", tmp_path / "other", SAC_STEPS, seed=1)
+    assert other.metrics[-1]["critic_loss"] != result.metrics[-1]["critic_loss"]
+    assert other.metrics[0]["eval_return_mean"] != result.metrics[0]["eval_return_mean"]
+
+
+def test_sac_continued_run_equals_the_uninterrupted_one_bitwise(sac_run, tmp_path):
+    _, out = sac_run
+    half = tmp_path / "half"
+    _train("sac", half, SAC_STEPS // 2)
+    diffmaxent.train(resume=half, steps=SAC_STEPS, progress=False)
+    _assert_same_run(out, half)
+    a, b = _replay(out, SAC_STEPS), _replay(half, SAC_STEPS)
+    for name in Batch._fields:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+# --- ppo ------------------------------------------------------------------------------------------
+
+
+def test_ppo_runs_end_to_end(ppo_run):
+    result, out = ppo_run
+    assert [row["env_step"] for row in result.metrics] == [256, 512]
+    assert [row["updates"] for row in result.metrics] == [2, 4]
+    assert all(np.isfinite(row["eval_return_mean"]) for row in result.metrics)
+    assert runs.read_json(out / runs.STATUS_FILE)["status"] == "complete"
+
+
+def test_ppo_continued_run_equals_the_uninterrupted_one_bitwise(ppo_run, tmp_path):
+    _, out = ppo_run
+    half = tmp_path / "half"
+    _train("ppo", half, PPO_STEPS // 2)
+    diffmaxent.train(resume=half, steps=PPO_STEPS, progress=False)
+    _assert_same_run(out, half)
