@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import jax
@@ -73,6 +74,8 @@ TINY = {
     "meow": {"critic_hidden_dims": "16,16", "state_net_init": "orthogonal"},
     "bro": {"critic_hidden_dims": "32,32", "num_quantiles": 8},
 }
+# The event JAX records when it traces a function for jit (jax._src.dispatch.JAXPR_TRACE_EVENT).
+JAXPR_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 # Replay-loop settings an on-policy algo does not have.
 OFF_POLICY_ONLY = ("learning_starts", "updates_per_step")
 
@@ -90,20 +93,44 @@ def _agent_and_batches(algo="sac", env_id="Pendulum-v1", updates_per_step=2, ove
     return tiny_agent(algo, values, env_id)
 
 
+@contextlib.contextmanager
+def _count_traces():
+    """Names of the functions JAX traces for ``jit`` inside the block, with repeats.
+
+    JAX records an event each time it traces a jitted function, and only then: a call served by
+    a cached trace records none. (The C++ dispatch cache's size, ``_cache_size()``, is not a
+    trace count: in a long process its global LRU can evict entries and read 0.)"""
+    traced: list[str] = []
+
+    def listener(event, _duration, **kwargs):
+        if event == JAXPR_TRACE_EVENT:
+            traced.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield traced
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_update_and_act_do_not_retrace(algo):
     agent, buffer, _config = _agent_and_batches(algo)
     state = agent.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
-    for i in range(4):
-        # SMALL's batch size and _agent_and_batches' updates_per_step (on-policy loop configs
-        # have neither: their source returns its whole rollout).
-        batches = buffer.sample(rng, SMALL["batch_size"], 2)
-        state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
-        agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), False)
-        agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), True)
-    assert agent.update._cache_size() == 1
-    assert agent.act._cache_size() == 2  # one trace per value of the static `deterministic`
+    with _count_traces() as traced:
+        for i in range(4):
+            # SMALL's batch size and _agent_and_batches' updates_per_step (on-policy loop configs
+            # have neither: their source returns its whole rollout).
+            batches = buffer.sample(rng, SMALL["batch_size"], 2)
+            state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
+            agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), False)
+            agent.act(state, batches.obs[0, :1], jax.random.PRNGKey(i), True)
+            if i == 0:
+                first_call = list(traced)
+    assert first_call.count("update") == 1
+    assert first_call.count("act") == 2  # one trace per value of the static `deterministic`
+    assert traced == first_call  # the three later rounds traced nothing
     assert int(state.step) == 8  # two gradient steps per call, scanned
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
