@@ -93,7 +93,7 @@ def test_every_preset_names_only_known_hyperparameters_and_has_a_note(algo):
     names = {row[0] for row in hyperparameter_table(algo)}
     for name, preset in ALGOS[algo].presets.items():
         assert preset.note.strip(), f"{algo} preset {name} has no note"
-        assert preset.suite in (None, "gym", "dmc", "myo")
+        assert preset.suite in (None, "gym", "dmc", "myo", "mjx")
         for values in (preset.values, *preset.per_task.values()):
             assert set(values) <= names, f"{algo} preset {name}: {set(values) - names}"
             resolve_config(algo, "Pendulum-v1", preset=name, overrides=values)

@@ -358,6 +358,13 @@ PRESETS = {
         "of the losses, 2048 envs in 64 minibatches.",
         suite="dmc",
     ),
+    "mjx": Preset(
+        {**PAPER, "num_envs": 2048, "rollout_steps": 128, "batch_size": 2048},
+        "paper at the DA-MDP code's own scale on MJX: 2048 envs x 128 steps per update in 128 "
+        "minibatches x 16 epochs (2,048 gradient steps per 262,144 env steps), on the device "
+        "loop. Its learned step sizes are not reproduced (paper's fixed linear steps).",
+        suite="mjx",
+    ),
     "cpu": Preset(
         {
             "gamma": 0.95,

@@ -229,25 +229,41 @@ def make(config: PPOConfig, spec: EnvSpec) -> OnPolicyAgent:
     return OnPolicyAgent(init=init, act=act, collect=collect, update=update)
 
 
+# The DA-MDP code's PPO baseline (ppo_mjx.py) where it applies to a CPU vector env.
+PAPER = {
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "actor_lr": 3e-4,
+    "critic_lr": 3e-4,
+    "actor_hidden_dims": (256, 256),
+    "critic_hidden_dims": (256, 256),
+    "epochs": 10,
+    "batch_size": 256,
+    "num_envs": 16,
+    "rollout_steps": 256,
+    # The baseline's evaluation samples the Gaussian (ppo_mjx.py, make_policy).
+    "eval_deterministic": False,
+}
+
 PRESETS = {
     "paper": Preset(
-        {
-            "gamma": 0.99,
-            "gae_lambda": 0.95,
-            "actor_lr": 3e-4,
-            "critic_lr": 3e-4,
-            "actor_hidden_dims": (256, 256),
-            "critic_hidden_dims": (256, 256),
-            "epochs": 10,
-            "batch_size": 256,
-            "num_envs": 16,
-            "rollout_steps": 256,
-            # The baseline's evaluation samples the Gaussian (ppo_mjx.py, make_policy).
-            "eval_deterministic": False,
-        },
+        PAPER,
         "The DA-MDP code's PPO baseline settings (it runs DeepMind Control on MJX) where they "
         "apply to a CPU vector env, and its evaluation: sampled actions.",
         suite="dmc",
+    ),
+    "mjx": Preset(
+        {
+            **PAPER,
+            "num_envs": 2048,
+            "rollout_steps": 128,
+            "batch_size": 2048,
+            "epochs": 16,
+        },
+        "paper at the DA-MDP code's scale on MJX (its DA-MDP PPO config): 2048 envs x 128 steps "
+        "per update in 128 minibatches x 16 epochs, i.e. 2,048 gradient steps per 262,144 env "
+        "steps, on the device loop.",
+        suite="mjx",
     ),
     "cpu": Preset(
         {
