@@ -22,6 +22,7 @@ import pytest
 import diffmaxent
 from diffmaxent import checkpoint, runs
 from diffmaxent.buffer import ReplayBuffer
+from diffmaxent.errors import UsageError
 from diffmaxent.loops.device import DeviceBuffer
 from diffmaxent.types import Batch
 
@@ -203,7 +204,8 @@ def test_other_seed_other_run(sac_run, sac_seed_1):
 
 # vmap (the accelerators' default) is a second minute-long compile on a CPU: with -m learning.
 @pytest.mark.parametrize(
-    "seed_batching", ["map", pytest.param("vmap", marks=pytest.mark.long_learning)]
+    "seed_batching",
+    ["map", pytest.param("vmap", marks=[pytest.mark.learning, pytest.mark.long_learning])],
 )
 def test_seeds_in_one_program_learn_as_each_alone(sac_run, sac_seed_1, tmp_path, seed_batching):
     """Seeds trained together run one program over a seed axis, compiled differently from the
@@ -243,6 +245,11 @@ def _agent_state(run_dir: Path) -> np.ndarray:
     arrays = _newest_checkpoint(run_dir, 0)
     names = sorted(name for name in arrays if name.startswith(checkpoint.STATE_FILE))
     return np.concatenate([arrays[name].ravel().astype(np.float64) for name in names])
+
+
+def test_an_agent_that_rewrites_replayed_actions_ends_with_one_line(tmp_path):
+    with pytest.raises(UsageError, match="dipo rewrites replayed actions"):
+        diffmaxent.train("dipo", ENV, steps=8, out=tmp_path / "run", progress=False)
 
 
 # --- ppo ------------------------------------------------------------------------------------------
