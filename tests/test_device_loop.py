@@ -23,6 +23,7 @@ import diffmaxent
 from diffmaxent import checkpoint, runs
 from diffmaxent.buffer import ReplayBuffer
 from diffmaxent.errors import UsageError
+from diffmaxent.loops import device
 from diffmaxent.loops.device import DeviceBuffer
 from diffmaxent.types import Batch
 
@@ -196,6 +197,14 @@ def sac_seed_1(tmp_path_factory):
     return _train("sac", out, SAC_STEPS, seed=1), out
 
 
+def test_one_step_per_host_call_computes_the_same_run(sac_run, tmp_path, monkeypatch):
+    """Calls are cut by time (CALL_SECONDS); cutting them into single steps changes nothing."""
+    _, out = sac_run
+    monkeypatch.setattr(device, "CALL_SECONDS", 0.0)
+    _train("sac", tmp_path / "single-steps", SAC_STEPS)
+    _assert_same_run(out, tmp_path / "single-steps")
+
+
 def test_other_seed_other_run(sac_run, sac_seed_1):
     (result, _), (other, _) = sac_run, sac_seed_1
     assert other.metrics[-1]["critic_loss"] != result.metrics[-1]["critic_loss"]
@@ -290,9 +299,10 @@ PPO_LEARNING = {
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_ppo_learns_cartpole_balance(tmp_path):
     """Seed 0 measured: 284 at 100k env steps, 914 at 200k, 1000 from 400k on (1M steps in
-    150 s, 80 of them compiling)."""
+    150 s, 80 of them compiling). The test takes 100-125 s on 2 loaded cores."""
     result = diffmaxent.train(
         "ppo",
         ENV,

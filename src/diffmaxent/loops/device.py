@@ -2,8 +2,9 @@
 
 The envs (:class:`~diffmaxent.envs.mjx.MJXEnv`, ``num_envs`` of them under ``jax.vmap``), the
 replay or rollout buffer, the agent's updates and the resets at episode ends all live on the
-device; one jitted call runs a whole chunk of steps (a ``lax.fori_loop``, as many as fit before
-the next evaluation point), and the host only records: evaluation, metrics rows, checkpoints, the
+device; one jitted call runs a chunk of steps (a ``lax.fori_loop`` of about ``CALL_SECONDS`` of
+work, never past the next evaluation point; how the steps are cut into calls does not change what
+they compute), and the host only records: evaluation, metrics rows, checkpoints, the
 NaN guard, progress and stops on signals, through the same
 :class:`~diffmaxent.loops.bookkeeping.SeedRecorders` as the host loops, so the run directory is
 the same.
@@ -38,6 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -72,6 +75,8 @@ from diffmaxent.loops.rollout import RolloutLoopConfig
 from diffmaxent.loops.seeds import SeedAxis
 from diffmaxent.types import Batch
 
+# A host call's length: the progress display, the NaN check and stops on signals come between calls.
+CALL_SECONDS = 2.0
 NUM_ENVS_HELP = "environments stepped together on the device (jax.vmap of the MJX env)"
 
 
@@ -526,11 +531,17 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
 
         snapshots = [snapshot_of(index) for index in range(size)]
         env_step = int(_first(carry.env_step))
+        seconds_per_step = math.inf  # the first call compiles: one step
         while env_step < total_steps:
             next_eval = (env_step // loop.eval_every + 1) * loop.eval_every
-            target = min(-(-next_eval // steps_per_step) * steps_per_step, total_steps)
-            carry = compiled.chunk(carry, jnp.asarray((target - env_step) // steps_per_step))
+            before_eval = min(-(-next_eval // steps_per_step) * steps_per_step, total_steps)
+            count = (before_eval - env_step) // steps_per_step
+            count = min(count, max(1, int(CALL_SECONDS / seconds_per_step)))
+            target = env_step + count * steps_per_step
+            started = time.perf_counter()
+            carry = compiled.chunk(carry, jnp.asarray(count, jnp.int32))
             host = jax.device_get((carry.env_step, carry.updates, carry.episodes, carry.metrics))
+            seconds_per_step = (time.perf_counter() - started) / count
             members = (
                 [jax.tree.map(lambda x, i=i: x[i], host) for i in range(size)]
                 if size > 1
