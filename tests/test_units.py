@@ -18,7 +18,7 @@ from diffmaxent.distributions import (
     squashed_gaussian_sample,
     tanh_log_det,
 )
-from diffmaxent.nn import mish
+from diffmaxent.nn import householder_q, mish, orthogonal_init
 
 # --- squashed Gaussian ----------------------------------------------------------------------------
 
@@ -88,6 +88,31 @@ def test_one_exp_mish_matches_the_textbook_form_and_its_gradient():
     textbook_grads = jax.vmap(jax.grad(lambda v: v * jnp.tanh(jnp.logaddexp(v, 0.0))))(x)
     assert np.isfinite(np.asarray(grads)).all()
     np.testing.assert_allclose(grads, textbook_grads, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (2, 64), (64, 3), (5, 4, 6), (128, 1)])
+def test_orthogonal_init_draws_jaxs_orthogonal_matrix_without_a_custom_call(shape):
+    key = jax.random.PRNGKey(3)
+    init = orthogonal_init(1.5)
+    weights = init(key, shape)
+    # The same Gaussian draw and the same Q factor (R's diagonal positive) as JAX's initialiser.
+    expected = jax.nn.initializers.orthogonal(1.5)(key, shape)
+    np.testing.assert_allclose(weights, expected, atol=2e-5)
+    flat = np.asarray(weights).reshape(-1, shape[-1]) / 1.5
+    small = flat.T @ flat if flat.shape[0] >= flat.shape[1] else flat @ flat.T
+    np.testing.assert_allclose(small, np.eye(len(small)), atol=2e-5)
+    # No LAPACK custom call in the program: XLA:CPU's QR kernel can hang its own thread pool.
+    hlo = jax.jit(init, static_argnums=1).lower(key, shape).compile().as_text()
+    assert "custom_call_target" not in hlo
+
+
+def test_householder_q_factor_reconstructs_the_matrix_with_a_positive_diagonal():
+    matrix = jax.random.normal(jax.random.PRNGKey(0), (7, 4))
+    q = householder_q(matrix)
+    r = q.T @ matrix
+    np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-5)  # upper triangular
+    assert np.all(np.diag(r) > 0)
+    np.testing.assert_allclose(q @ r, matrix, atol=1e-5)
 
 
 def test_polyak_update():

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from diffmaxent.errors import UsageError
+from diffmaxent.nn import orthogonal_init
 from diffmaxent.types import Batch
 
 Head = Literal["distributional", "scalar"]
@@ -328,9 +329,8 @@ class CrossQCritic:
 # --- BroNet and the quantile critic (BRO, Nauman et al. 2024) ------------------------------------
 
 
-def orthogonal_init(scale: float = 2.0**0.5) -> nn.initializers.Initializer:
-    """Orthogonal weights times ``scale`` (the BRO code's initialiser for every Dense layer)."""
-    return nn.initializers.orthogonal(scale)
+# The BRO code's initialiser for every Dense layer of its networks: orthogonal, gain sqrt(2).
+BRO_KERNEL_INIT = orthogonal_init(2.0**0.5)
 
 
 class BroResidualBlock(nn.Module):
@@ -345,9 +345,9 @@ class BroResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        branch = nn.LayerNorm()(nn.Dense(self.inner_dim, kernel_init=orthogonal_init())(x))
+        branch = nn.LayerNorm()(nn.Dense(self.inner_dim, kernel_init=BRO_KERNEL_INIT)(x))
         branch = nn.relu(branch)
-        branch = nn.LayerNorm()(nn.Dense(self.width, kernel_init=orthogonal_init())(branch))
+        branch = nn.LayerNorm()(nn.Dense(self.width, kernel_init=BRO_KERNEL_INIT)(branch))
         return x + branch
 
 
@@ -365,11 +365,11 @@ class BroNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width, *inner_dims = self.hidden_dims
-        x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=orthogonal_init())(x)))
+        x = nn.relu(nn.LayerNorm()(nn.Dense(width, kernel_init=BRO_KERNEL_INIT)(x)))
         for inner_dim in inner_dims:
             x = BroResidualBlock(width, inner_dim)(x)
         if self.output_dim is not None:
-            x = nn.Dense(self.output_dim, kernel_init=orthogonal_init())(x)
+            x = nn.Dense(self.output_dim, kernel_init=BRO_KERNEL_INIT)(x)
         return x
 
 

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffmaxent.nn import orthogonal_init
+
 # Keeps log(1 - a^2) finite where tanh rounds to +-1 in float32 (float32 machine epsilon).
 TANH_LOG_DET_EPS = float(jnp.finfo(jnp.float32).eps)
 # Actions are pulled this far inside the box before atanh, so that replayed actions on the
@@ -76,9 +78,7 @@ class FlowMLP(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """``x [..., in]`` -> ``[..., output_dim]``; ``train`` turns dropout on (it then needs a
         ``dropout`` rng)."""
-        kernel_init = (
-            nn.initializers.zeros if self.kernel_init == "zeros" else nn.initializers.orthogonal()
-        )
+        kernel_init = nn.initializers.zeros if self.kernel_init == "zeros" else orthogonal_init(1.0)
         for width in self.hidden_dims:
             x = nn.Dense(
                 width, kernel_init=kernel_init, bias_init=uniform_fan_in_bias(x.shape[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -53,6 +54,61 @@ def dense_kernel_init(name: str, fan_in: int | None = None) -> nn.initializers.I
     def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
         limit = (6.0 / (layer_fan_in + shape[-1])) ** 0.5
         return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
+def householder_q(matrix: jax.Array) -> jax.Array:
+    """The Q factor of ``matrix [m, n]`` (``m >= n``) with R's diagonal made positive:
+    ``[m, n]`` orthonormal columns, unique for a full-rank matrix.
+
+    Householder reflections in plain JAX operations rather than ``jnp.linalg.qr``: XLA:CPU runs
+    LAPACK's QR as a custom call that waits on the intra-op thread pool it is itself running
+    on, so two such calls at once can hang a 2-core machine for good (jaxlib 0.10.2; it hung
+    BRO's initialisation of several seeds)."""
+    rows, cols = matrix.shape
+    if rows < cols:
+        raise ValueError(f"householder_q needs rows >= columns, got shape {matrix.shape}")
+    index = jnp.arange(rows)
+
+    def reflect(k, carry):
+        reduced, reflectors, diagonal = carry
+        column = jnp.where(index >= k, reduced[:, k], 0.0)
+        norm = jnp.sqrt(jnp.sum(column**2))
+        alpha = -jnp.where(column[k] >= 0, 1.0, -1.0) * norm  # the sign that avoids cancellation
+        v = column.at[k].add(-alpha)
+        v_norm = jnp.sqrt(jnp.sum(v**2))
+        v = v / jnp.where(v_norm > 0, v_norm, 1.0)
+        reduced = reduced - 2.0 * jnp.outer(v, v @ reduced)
+        return reduced, reflectors.at[k].set(v), diagonal.at[k].set(alpha)
+
+    zeros = (jnp.zeros((cols, rows), matrix.dtype), jnp.zeros((cols,), matrix.dtype))
+    _, reflectors, diagonal = jax.lax.fori_loop(0, cols, reflect, (matrix, *zeros))
+
+    def apply(i, q):  # Q = H_0 H_1 ... H_{n-1} I[:, :n], the last reflection applied first
+        v = reflectors[cols - 1 - i]
+        return q - 2.0 * jnp.outer(v, v @ q)
+
+    q = jax.lax.fori_loop(0, cols, apply, jnp.eye(rows, cols, dtype=matrix.dtype))
+    return q * jnp.sign(diagonal)
+
+
+def orthogonal_init(scale: float) -> nn.initializers.Initializer:
+    """Orthogonal weights times ``scale``, drawn as ``jax.nn.initializers.orthogonal`` draws
+    them (the Q factor of a Gaussian matrix with R's diagonal positive: Haar-distributed, Mezzadri
+    2007; the same Gaussian draw, so the same matrix up to rounding) but with the QR of
+    :func:`householder_q`, which cannot hang XLA:CPU's thread pool."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        if len(shape) < 2:
+            raise ValueError(f"an orthogonal initialiser needs a 2-D shape or more, got {shape}")
+        cols = shape[-1]
+        rows = math.prod(shape) // cols
+        gaussian = jax.random.normal(key, (max(rows, cols), min(rows, cols)), dtype)
+        q = householder_q(gaussian)
+        if rows < cols:
+            q = q.T
+        return jnp.asarray(scale, dtype) * q.reshape(shape)
 
     return init
 

@@ -99,9 +99,9 @@ from diffmaxent.agents.groups import (
 )
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import (
+    BRO_KERNEL_INIT,
     BroCriticEnsemble,
     BroNet,
-    orthogonal_init,
     quantile_huber_loss,
     quantile_midpoints,
     td_target,
@@ -109,6 +109,7 @@ from diffmaxent.critics import (
 from diffmaxent.distributions import squashed_gaussian_sample
 from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.errors import UsageError
+from diffmaxent.nn import orthogonal_init
 from diffmaxent.types import Batch, Metrics
 
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
@@ -243,7 +244,7 @@ class BroActor(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         features = BroNet(self.hidden_dims)(obs)
-        mean = nn.Dense(self.action_dim, kernel_init=orthogonal_init())(features)
+        mean = nn.Dense(self.action_dim, kernel_init=BRO_KERNEL_INIT)(features)
         raw = jnp.tanh(nn.Dense(self.action_dim, kernel_init=orthogonal_init(1.0))(features))
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (raw + 1.0)
         return mean, log_std
