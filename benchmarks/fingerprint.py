@@ -67,6 +67,9 @@ TINY = {
         "entropy_samples": 16,
         "gmm_iterations": 5,
     },
+    "td3": {},
+    "bro": {"num_quantiles": 8},
+    "meow": {},
 }
 
 

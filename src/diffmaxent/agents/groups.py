@@ -114,7 +114,9 @@ class TargetEntropy:
     AUTO_ENTROPY_PER_DIM: ClassVar[float] = -1.0
 
     target_entropy: float | Literal["auto"] = hp(
-        AUTO, "entropy target of temperature=auto; auto: -|A| (-3 |A| on the augmented MDP)"
+        AUTO,
+        "entropy target of temperature=auto; auto: the algorithm's nats per action dimension "
+        "times |A| (-|A| for SAC, -|A|/2 for BRO, -0.9|A| for DACER, -3|A| on the augmented MDP)",
     )
 
     def target_entropy_value(self, action_dim: int) -> float:
