@@ -5,7 +5,6 @@ the dual variables' directions and the presets."""
 
 from __future__ import annotations
 
-import functools
 import math
 import subprocess
 import sys
@@ -108,9 +107,8 @@ def test_minimising_the_quantile_loss_finds_the_quantiles_of_the_target_samples(
     taus = quantile_midpoints(4)
     samples = jnp.arange(100.0)
     grad = jax.grad(lambda q: quantile_huber_loss(q, samples, taus))
-    quantiles = jnp.zeros(4)
-    for _ in range(3000):
-        quantiles = quantiles - 1.0 * grad(quantiles)
+    descend = jax.jit(lambda q: jax.lax.fori_loop(0, 3000, lambda _, q: q - 1.0 * grad(q), q))
+    quantiles = descend(jnp.zeros(4))
     np.testing.assert_allclose(quantiles, [12.5, 37.5, 62.5, 87.5], atol=1.0)
 
 
@@ -124,11 +122,43 @@ def _spread_critics(obs, action, direction: float):
     return jnp.stack([spread, -spread])[..., None].repeat(3, axis=-1)
 
 
+SHIFT_ACTOR = bro.BroActor((16, 16), 1)
+SHIFT = bro.OptimisticShift((16, 16), 1)
+SHIFT_OPTIMIZER = optax.adam(1e-3)
+
+
+@jax.jit
+def _shift_adam_steps(shift_params, actor_params, obs, direction, optimism, steps):
+    """``steps`` Adam steps of the optimistic shift (one compiled program for every call)."""
+
+    def critics(obs, action):
+        return _spread_critics(obs, action, direction)
+
+    def step(i, carry):
+        shift_params, opt_state = carry
+        grads, _ = jax.grad(bro.optimistic_actor_loss, argnums=4, has_aux=True)(
+            SHIFT_ACTOR,
+            SHIFT,
+            critics,
+            0.75,
+            shift_params,
+            actor_params,
+            optimism,
+            1e-3,
+            obs,
+            jax.random.PRNGKey(i),
+        )
+        updates, opt_state = SHIFT_OPTIMIZER.update(grads, opt_state)
+        return optax.apply_updates(shift_params, updates), opt_state
+
+    carry = (shift_params, SHIFT_OPTIMIZER.init(shift_params))
+    return jax.lax.fori_loop(0, steps, step, carry)[0]
+
+
 def _train_shift(direction: float, optimism: float, steps: int = 60):
     """Train the optimistic policy's shift for ``steps`` Adam steps against
     :func:`_spread_critics`: ``(obs, actor_params, shift_params, mu_c, mu_o, log sigma_c)``."""
-    actor = bro.BroActor((16, 16), 1)
-    shift = bro.OptimisticShift((16, 16), 1)
+    actor, shift = SHIFT_ACTOR, SHIFT
     obs = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
     actor_params = actor.init(jax.random.PRNGKey(1), obs)
     # The conservative policy: mean 0 (where tanh passes the critics' slope on whole) and log-std
@@ -143,21 +173,7 @@ def _train_shift(direction: float, optimism: float, steps: int = 60):
         "bias": jnp.full_like(heads["Dense_1"]["bias"], log_std_bias),
     }
     shift_params = shift.init(jax.random.PRNGKey(2), obs, jnp.zeros((64, 1)))
-    optimizer = optax.adam(1e-3)
-    opt_state = optimizer.init(shift_params)
-    loss = functools.partial(
-        bro.optimistic_actor_loss,
-        actor,
-        shift,
-        functools.partial(_spread_critics, direction=direction),
-        0.75,
-    )
-    for i in range(steps):
-        grads, _ = jax.grad(loss, has_aux=True)(
-            shift_params, actor_params, optimism, 1e-3, obs, jax.random.PRNGKey(i)
-        )
-        updates, opt_state = optimizer.update(grads, opt_state)
-        shift_params = optax.apply_updates(shift_params, updates)
+    shift_params = _shift_adam_steps(shift_params, actor_params, obs, direction, optimism, steps)
     mean_c, log_std_c = actor.apply(actor_params, obs)
     mean_o, _ = bro.optimistic_gaussian(shift, shift_params, obs, mean_c, log_std_c, 0.75)
     return obs, actor_params, shift_params, mean_c, mean_o, log_std_c

@@ -30,10 +30,10 @@ class Criterion:
 PENDULUM = {
     "sac": Criterion(15_000, -250, final=-400, eval_every=2_500),
     "crossq": Criterion(6_000, -250, final=-400),
-    "dime": Criterion(6_000, -250, final=-400, long=False),
+    "dime": Criterion(6_000, -250, final=-400),
     "maxentdp": Criterion(8_000, -250),
     "ppo": Criterion(60_000, -400, eval_every=10_000, long=False, eval_deterministic=True),
-    "diffppo": Criterion(80_000, -400, eval_every=10_000, long=False, eval_deterministic=True),
+    "diffppo": Criterion(80_000, -400, eval_every=10_000, eval_deterministic=True),
     "diffsac": Criterion(10_000, -250, final=-400, eval_deterministic=True),
     "diffwpo": Criterion(10_000, -250, final=-400, eval_deterministic=True),
     "qsm": Criterion(10_000, -300),
