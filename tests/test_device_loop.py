@@ -256,9 +256,21 @@ def _agent_state(run_dir: Path) -> np.ndarray:
     return np.concatenate([arrays[name].ravel().astype(np.float64) for name in names])
 
 
-def test_an_agent_that_rewrites_replayed_actions_ends_with_one_line(tmp_path):
-    with pytest.raises(UsageError, match="dipo rewrites replayed actions"):
-        diffmaxent.train("dipo", ENV, steps=8, out=tmp_path / "run", progress=False)
+@pytest.mark.parametrize(
+    "algo,overrides,says",
+    [
+        ("dipo", {}, "dipo rewrites replayed actions"),
+        ("sac", {"num_envs": 8, "buffer_size": 4}, "must hold one step of all num_envs"),
+    ],
+)
+def test_what_the_device_loop_cannot_train_ends_with_one_line_before_writing(
+    tmp_path, algo, overrides, says
+):
+    with pytest.raises(UsageError, match=says):
+        diffmaxent.train(
+            algo, ENV, steps=8, out=tmp_path / "run", overrides=overrides, progress=False
+        )
+    assert not (tmp_path / "run").exists()
 
 
 # --- ppo ------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from diffmaxent.config import Preset
 from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.envs.mjx import MJX_PREFIX
 from diffmaxent.errors import UsageError
-from diffmaxent.loops import DEVICE_LOOPS, REPLAY, ROLLOUT, Loop
+from diffmaxent.loops import DEVICE_LOOPS, REPLAY, ROLLOUT, Loop, device
 from diffmaxent.loops.bookkeeping import ResolvedConfig
 
 
@@ -204,6 +204,12 @@ def matmul_precision(config: ResolvedConfig) -> str:
 
 
 def make_agent(config: ResolvedConfig, env_spec: EnvSpec) -> Agent:
-    """The agent of a resolved run config, its functions traced at the run's matmul precision."""
+    """The agent of a resolved run config, its functions traced at the run's matmul precision.
+
+    Raises:
+        UsageError: on an ``mjx:`` env, an agent the device loop cannot train.
+    """
     agent = get_algo(config.algo).make(config.agent, env_spec)
+    if config.env.startswith(MJX_PREFIX):
+        device.check_run(config, agent)
     return with_matmul_precision(agent, matmul_precision(config))

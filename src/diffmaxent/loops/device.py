@@ -333,6 +333,26 @@ class Programs:
     on_policy: bool
 
 
+def check_run(config: Any, agent: Any) -> None:
+    """Refuse, before anything is written, what the device loop cannot train.
+
+    Raises:
+        UsageError: an agent that rewrites replayed actions (DIPO), or a replay buffer smaller
+            than one step of all envs.
+    """
+    if getattr(agent, "update_improving_actions", None) is not None:
+        raise UsageError(
+            f"{config.algo} rewrites replayed actions, which the device loop does not keep; "
+            "train it on a host env"
+        )
+    loop = config.loop
+    if hasattr(loop, "buffer_size") and loop.buffer_size < loop.num_envs:
+        raise UsageError(
+            f"buffer_size ({loop.buffer_size}) must hold one step of all num_envs "
+            f"({loop.num_envs}) envs"
+        )
+
+
 def _over_seeds(fn: Callable[..., Any], batching: str, size: int) -> Callable[..., Any]:
     """``fn(carry, *shared)`` over the leading seed axis of ``carry`` (``shared`` the same for
     every seed)."""
@@ -367,16 +387,7 @@ def _build(setups: Sequence[RunSetup], agent: Any) -> Programs:
     if on_policy:
         step = _rollout_step(env, agent, loop)
     else:
-        if getattr(agent, "update_improving_actions", None) is not None:
-            raise UsageError(
-                f"{config.algo} rewrites replayed actions, which the device loop does not keep; "
-                "train it on a host env"
-            )
-        if loop.buffer_size < loop.num_envs:
-            raise UsageError(
-                f"buffer_size ({loop.buffer_size}) must hold one step of all num_envs "
-                f"({loop.num_envs}) envs"
-            )
+        check_run(config, agent)
         step = _replay_step(env, agent, loop)
     template = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
     fresh = jax.eval_shape(lambda state: _start(env, agent, loop, on_policy, state, None), template)
