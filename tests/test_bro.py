@@ -253,7 +253,7 @@ def _differs(a, b) -> bool:
 
 def test_a_reset_redraws_exactly_the_reset_networks_from_the_initial_distribution():
     agent, _, trained = _trained({"reset_networks": "critic"})
-    reset = agent.phases["reset"](trained)
+    reset = agent.phases["reset"](trained, None, None)
     next_key, draw_key = jax.random.split(trained.reset_key)
     drawn = agent.init(draw_key)  # a fresh initialisation: the initial distribution's draw
     for name in CRITIC_FIELDS:
@@ -269,7 +269,7 @@ def test_a_reset_redraws_exactly_the_reset_networks_from_the_initial_distributio
 
 def test_a_reset_of_everything_to_the_initial_parameters_as_the_official_code():
     agent, _, trained = _trained({"reset_draw": "initial"})
-    reset = agent.phases["reset"](trained)
+    reset = agent.phases["reset"](trained, None, None)
     initial = agent.init(jax.random.PRNGKey(0))
     for name in (*CRITIC_FIELDS, *OTHER_FIELDS):
         _assert_same(getattr(reset, name), getattr(initial, name))
@@ -289,7 +289,7 @@ def test_the_update_resets_before_the_scheduled_gradient_step():
         state, _ = scheduled.update(state, batch, key)
     expected = plain.init(jax.random.PRNGKey(0))
     expected, _ = plain.update(expected, batches[0], keys[0])
-    expected = scheduled.phases["reset"](expected)
+    expected = scheduled.phases["reset"](expected, None, None)
     expected, _ = plain.update(expected, batches[1], keys[1])
     _assert_same(state, expected)
 

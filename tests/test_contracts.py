@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 
 import jax
@@ -111,6 +112,15 @@ def _count_traces():
         yield traced
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_every_phase_takes_state_batch_and_key(algo):
+    # `diffmaxent bench` times each phase as phase(state, batch, key).
+    agent, _, _ = _agent_and_batches(algo)
+    for name, phase in agent.phases.items():
+        parameters = list(inspect.signature(phase).parameters)
+        assert len(parameters) == 3, f"{algo} phase {name!r} takes {parameters}"
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))

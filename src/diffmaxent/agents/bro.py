@@ -622,7 +622,11 @@ def make(config: BROConfig, spec: EnvSpec) -> Agent:
     def critic_step(state: BROState, batch: Batch, key: jax.Array):
         return jax.grad(critic_loss_fn, has_aux=True)(state.critic_params, state, batch, key)
 
-    phases = {"critic step": jax.jit(critic_step), "reset": jax.jit(reset)}
+    def reset_step(state: BROState, batch: Batch, key: jax.Array) -> BROState:
+        """:func:`reset` with the phases' signature (a reset reads neither batch nor key)."""
+        return reset(state)
+
+    phases = {"critic step": jax.jit(critic_step), "reset": jax.jit(reset_step)}
     return Agent(init=init, act=act, update=update, phases=phases)
 
 
