@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from diffmaxent import checkpoint, runs, trackers
+from diffmaxent.buffer import ReplayBuffer, ReplayDataError
 from diffmaxent.config import hp, to_json_dict
 from diffmaxent.envs import env_report
 from diffmaxent.envs.factory import EnvSpec, RescaledEnv, make_env
@@ -282,6 +283,29 @@ def find_resume_point(
         UsageError: no checkpoint can be resumed.
     """
     return find_resume_points([setup], template, check)[0]
+
+
+def replay_restorer(
+    buffer_size: int, obs_dim: int, action_dim: int, improves_actions: bool = False
+) -> Callable[[RunSetup, int], ReplayBuffer]:
+    """The ``check`` of :func:`find_resume_points` for a loop with a replay buffer: reads a run's
+    replay rows up to a checkpoint's env step, and calls rows that cannot be read a damaged
+    checkpoint (so resume falls back to an older one)."""
+
+    def restore(setup: RunSetup, env_step: int) -> ReplayBuffer:
+        try:
+            return ReplayBuffer.restore(
+                setup.run_dir / runs.REPLAY_DIR,
+                buffer_size,
+                obs_dim,
+                action_dim,
+                env_step,
+                improves_actions,
+            )
+        except ReplayDataError as error:
+            raise checkpoint.DamagedCheckpoint(f"its replay rows are damaged ({error})") from None
+
+    return restore
 
 
 def find_resume_points(

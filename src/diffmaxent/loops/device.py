@@ -52,7 +52,6 @@ from diffmaxent import runs
 from diffmaxent.agents.onpolicy import Rollout
 from diffmaxent.buffer import (
     ReplayBuffer,
-    ReplayDataError,
     discard_rows_after,
     prune_rows,
     zeros_batch,
@@ -69,6 +68,7 @@ from diffmaxent.loops.bookkeeping import (
     TrainResult,
     encode_floats,
     find_resume_points,
+    replay_restorer,
 )
 from diffmaxent.loops.replay import ReplayLoopConfig
 from diffmaxent.loops.rollout import RolloutLoopConfig
@@ -485,19 +485,11 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
     keys, state = seeds.start([setup.config.seed for setup in setups])
     template = seeds.member_shapes(state)
 
-    def restore_buffer(setup: RunSetup, env_step: int) -> ReplayBuffer:
-        try:
-            return ReplayBuffer.restore(
-                setup.run_dir / runs.REPLAY_DIR,
-                loop.buffer_size,
-                env.obs_dim,
-                env.action_dim,
-                env_step,
-            )
-        except ReplayDataError as error:
-            raise DamagedCheckpoint(f"its replay rows are damaged ({error})") from None
-
-    check = None if compiled.on_policy else restore_buffer
+    check = (
+        None
+        if compiled.on_policy
+        else replay_restorer(loop.buffer_size, env.obs_dim, env.action_dim)
+    )
     resumes = find_resume_points(setups, template, check) if setups[0].resume else None
 
     def evaluate(member_state: Any, key: jax.Array) -> Evaluation:

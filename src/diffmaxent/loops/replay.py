@@ -28,13 +28,11 @@ from diffmaxent import runs
 from diffmaxent.agents.common import Agent
 from diffmaxent.buffer import (
     ReplayBuffer,
-    ReplayDataError,
     discard_rows_after,
     prune_improved_actions,
     prune_rows,
     zeros_batch,
 )
-from diffmaxent.checkpoint import DamagedCheckpoint
 from diffmaxent.config import hp
 from diffmaxent.envs.snapshot import generator_from_state, generator_state
 from diffmaxent.loops.bookkeeping import (
@@ -50,6 +48,7 @@ from diffmaxent.loops.bookkeeping import (
     fresh_seed,
     key_array,
     key_from_array,
+    replay_restorer,
     restore_env,
 )
 from diffmaxent.loops.seeds import SeedAxis
@@ -97,19 +96,9 @@ def run(setups: Sequence[RunSetup], agent: Agent) -> list[TrainResult]:
         jax.eval_shape(agent.update, template, example, seeds.member_shapes(keys))[1]
     )
 
-    def restore_buffer(setup: RunSetup, env_step: int) -> ReplayBuffer:
-        try:
-            return ReplayBuffer.restore(
-                setup.run_dir / runs.REPLAY_DIR,
-                loop.buffer_size,
-                env_spec.obs_dim,
-                env_spec.action_dim,
-                env_step,
-                improves_actions,
-            )
-        except ReplayDataError as error:
-            raise DamagedCheckpoint(f"its replay rows are damaged ({error})") from None
-
+    restore_buffer = replay_restorer(
+        loop.buffer_size, env_spec.obs_dim, env_spec.action_dim, improves_actions
+    )
     resumes = find_resume_points(setups, template, restore_buffer) if setups[0].resume else None
     envs: list[Any] = []
     recorders = SeedRecorders(setups, metric_names, config.steps, resumes, seeds.member)
