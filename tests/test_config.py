@@ -94,9 +94,28 @@ def test_every_preset_names_only_known_hyperparameters_and_has_a_note(algo):
     for name, preset in ALGOS[algo].presets.items():
         assert preset.note.strip(), f"{algo} preset {name} has no note"
         assert preset.suite in (None, "gym", "dmc", "myo", "mjx")
+        env = "mjx:CartpoleBalance" if preset.suite == "mjx" else "Pendulum-v1"
         for values in (preset.values, *preset.per_task.values()):
             assert set(values) <= names, f"{algo} preset {name}: {set(values) - names}"
-            resolve_config(algo, "Pendulum-v1", preset=name, overrides=values)
+            resolve_config(algo, env, preset=name, overrides=values)
+
+
+@pytest.mark.parametrize("algo", ["sac", "ppo"])
+def test_device_loop_settings_resolve_on_mjx_envs_and_end_with_one_line_elsewhere(algo):
+    """num_envs is the device loop's own setting for off-policy agents (their host loop steps one
+    env); on-policy agents have it on both loops."""
+    config = resolve_config(algo, "mjx:CartpoleBalance", overrides={"num_envs": 16})
+    assert config.loop.num_envs == 16
+    table = {row[0]: row for row in hyperparameter_table(algo)}
+    if algo == "ppo":
+        assert resolve_config(algo, "Pendulum-v1", overrides={"num_envs": 16}).loop.num_envs == 16
+        assert "mjx: envs only" not in table["num_envs"][3]
+        return
+    assert table["num_envs"][3].endswith("(mjx: envs only)")
+    assert "num_envs" not in {row[0] for row in hyperparameter_table(algo, "Pendulum-v1")}
+    with pytest.raises(UsageError, match="'num_envs' is a setting of the device loop") as info:
+        resolve_config(algo, "Pendulum-v1", overrides={"num_envs": 16})
+    assert "\n" not in str(info.value)
 
 
 def test_overrides_parse_every_field_type():

@@ -38,6 +38,7 @@ from diffmaxent.errors import (
     TrainingStopped,
     UsageError,
 )
+from diffmaxent.loops import DEVICE_LOOPS
 from diffmaxent.loops.bookkeeping import (
     GroupResult,
     ResolvedConfig,
@@ -84,6 +85,12 @@ def resolve_config(
     loop = loop_for(spec, env)
     loop_names = set(field_types(loop.config_cls))
     unknown = sorted(set(values) - agent_names - loop_names)
+    device_only = [name for name in unknown if name in _device_only_fields(spec)]
+    if device_only:
+        raise UsageError(
+            f"{device_only[0]!r} is a setting of the device loop, which trains {algo} on mjx: "
+            f"envs only; {env} trains on the {loop.name} loop"
+        )
     if unknown:
         accepted = ", ".join(sorted(agent_names | loop_names))
         raise UsageError(f"unknown hyperparameter {unknown[0]!r} for {algo}; accepted: {accepted}")
@@ -138,10 +145,32 @@ def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
         raise UsageError(f"not a run config: {type(error).__name__} {error}") from None
 
 
-def hyperparameter_table(algo: str) -> list[tuple[str, str, Any, str]]:
-    """``(name, type, default, help)`` for every hyperparameter of ``algo`` (agent, then loop)."""
+def hyperparameter_table(algo: str, env: str | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(name, type, default, help)`` for every hyperparameter of ``algo`` (agent, then loop):
+    those of the loop that trains it on ``env``, or without ``env`` those of its host loop and
+    then the device loop's own (``mjx:`` envs), whose help says so."""
     spec = get_algo(algo)
-    return describe_fields(spec.config_cls) + describe_fields(spec.loop.config_cls)
+    rows = describe_fields(spec.config_cls)
+    if env is not None:
+        return rows + describe_fields(loop_for(spec, env).config_cls)
+    device_only = _device_only_fields(spec)
+    return (
+        rows
+        + describe_fields(spec.loop.config_cls)
+        + [
+            (name, type_name, default, f"{help_text} (mjx: envs only)")
+            for name, type_name, default, help_text in describe_fields(
+                DEVICE_LOOPS[spec.loop.name].config_cls
+            )
+            if name in device_only
+        ]
+    )
+
+
+def _device_only_fields(spec: AlgoSpec) -> set[str]:
+    """Settings of the device loop that ``spec``'s host loop does not have."""
+    device_loop = DEVICE_LOOPS[spec.loop.name]
+    return set(field_types(device_loop.config_cls)) - set(field_types(spec.loop.config_cls))
 
 
 def default_run_directory(algo: str, env: str, seed: int | Sequence[int]) -> Path:

@@ -480,7 +480,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
 
     spec = get_algo(args.algo)
-    rows = api.hyperparameter_table(args.algo)
+    rows = api.hyperparameter_table(args.algo, args.env)
     print(f"{spec.name}: {spec.description} ({spec.loop.name} loop)\n")
     print(f"presets (train uses {api.DEFAULT_PRESET} unless --preset names another):")
     for name, preset in spec.presets.items():

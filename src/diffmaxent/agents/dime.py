@@ -56,6 +56,7 @@ from diffmaxent.agents.common import (
     temperature_step,
 )
 from diffmaxent.agents.groups import (
+    MJX_THROUGHPUT,
     CrossQCriticSettings,
     CrossQOptimisers,
     Discount,
@@ -311,6 +312,18 @@ PRESETS = {
         "(temperature_loss=alpha): under Adam the two take the same first step, and the code's "
         "steps shrink while alpha falls.",
         suite="dmc",
+    ),
+    "mjx": Preset(
+        {
+            **PAPER,
+            **_support(200.0),
+            **MJX_THROUGHPUT,
+        },
+        "paper-dmc's networks, critic and learning rates at the sampling scale of sac's mjx "
+        "preset (MuJoCo Playground's Brax SAC): 128 envs, batch 512, 8 gradient steps per step "
+        "of all envs (one per 16 env steps instead of the paper's 2 per env step), 4M replay "
+        "rows, 8,192 random steps. Not from the DIME paper, which ran on CPU simulators.",
+        suite="mjx",
     ),
     "cpu": Preset(
         {

@@ -25,6 +25,20 @@ from diffmaxent.nn import EnsembleCritic
 group = dataclasses.dataclass(frozen=True, kw_only=True)
 
 
+# The sampling scale of MuJoCo Playground's tuned Brax SAC for its DeepMind Control tasks
+# (brax_sac_config): 128 envs, batches of 512, 8 gradient steps per step of all envs (one per 16
+# env steps), 4M replay rows, 8,192 random steps. The off-policy agents' `mjx` presets (the device
+# loop) start from it; evaluation every 100,000 env steps.
+MJX_THROUGHPUT: dict[str, int] = {
+    "num_envs": 128,
+    "batch_size": 512,
+    "updates_per_step": 8,
+    "buffer_size": 4_194_304,
+    "learning_starts": 8_192,
+    "eval_every": 100_000,
+}
+
+
 @group
 class Discount:
     gamma: float = hp(0.99, "discount factor (per env transition)", low=0.0, high=1.0)
