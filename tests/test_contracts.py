@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import diffmaxent
 from agent_helpers import tiny_agent
 from diffmaxent import checkpoint, runs
-from diffmaxent.loops import ROLLOUT
+from diffmaxent.envs.mjx import MJXEnv
+from diffmaxent.loops import ROLLOUT, device
 from diffmaxent.registry import ALGOS
 from dmerl_helpers import tiny_on_policy_agent
 
@@ -222,6 +225,68 @@ def test_same_seed_gives_identical_metrics_and_actions(tmp_path, algo):
     obs = np.zeros((4, 3), np.float32)
     a, b = diffmaxent.load(first.run_dir), diffmaxent.load(second.run_dir)
     np.testing.assert_array_equal(a.act(obs), b.act(obs))
+
+
+class _DriftPhysics(NamedTuple):
+    obs: jax.Array
+    reward: jax.Array
+    done: jax.Array
+
+
+class _DriftTask:
+    """A pure-JAX stand-in for a Playground task (reset(key), step(state, action)): a point in
+    R^3 pushed by a 1-d action; reward -|x|^2; it fails (done) past |x| = 2. Lets every agent run
+    the device loop's own step functions in seconds instead of MJX's minute-long compile."""
+
+    def reset(self, key):
+        return _DriftPhysics(jax.random.normal(key, (3,)) * 0.5, jnp.zeros(()), jnp.zeros(()))
+
+    def step(self, physics, action):
+        obs = physics.obs + 0.1 * action[0]
+        reward = -jnp.sum(obs**2)
+        return _DriftPhysics(obs, reward, (jnp.abs(obs).max() > 2.0).astype(jnp.float32))
+
+
+DRIFT_ENV = MJXEnv(
+    env_id="mjx:Drift",
+    task="Drift",
+    impl="jax",
+    action_repeat=1,
+    episode_length=6,
+    control_dt=0.01,
+    obs_dim=3,
+    action_dim=1,
+    action_low=(-1.0,),
+    action_high=(1.0,),
+    playground_env=_DriftTask(),
+)
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_every_agent_trains_on_the_device_loops_step(algo):
+    """Every registered agent runs the device loop's step (act on all envs, buffer or rollout,
+    update); off-policy agents from their first step, 4 envs, episodes of 6
+    steps, so resets happen inside the compiled steps."""
+    values = {**SMALL, **TINY[algo], "num_envs": 4, "learning_starts": 0, "updates_per_step": 1}
+    values = _small(algo, {**values, "rollout_steps": 4} if ALGOS[algo].loop is ROLLOUT else values)
+    config = diffmaxent.resolve_config(algo, "mjx:CartpoleBalance", overrides=values)
+    loop = config.loop
+    agent = ALGOS[algo].make(config.agent, DRIFT_ENV.spec)
+    on_policy = hasattr(agent, "collect")
+    step = (device._rollout_step if on_policy else device._replay_step)(DRIFT_ENV, agent, loop)
+    key = jax.random.PRNGKey(0)
+    carry = device._start(DRIFT_ENV, agent, loop, on_policy, agent.init(key), key)
+    steps = 2 if on_policy else 8  # either way every env passes the end of an episode
+    carry = jax.jit(lambda c: jax.lax.fori_loop(0, steps, lambda _, c: step(c), c))(carry)
+    per_step = loop.num_envs * (loop.rollout_steps if on_policy else 1)
+    assert int(carry.env_step) == steps * per_step
+    assert int(carry.updates) == steps * (1 if on_policy else loop.updates_per_step)
+    assert int(carry.episodes.finished) >= loop.num_envs  # every env ended an episode
+    assert all(np.isfinite(np.asarray(value)).all() for value in carry.metrics.values())
+    if not on_policy:
+        assert int(carry.buffer.inserted) == steps * loop.num_envs
+        if carry.buffer.improved_action is not None:  # DIPO rewrote some sampled rows
+            assert np.any(np.asarray(carry.buffer.improved_action != carry.buffer.action))
 
 
 def test_run_directory_contents_and_python_api(tmp_path):

@@ -256,21 +256,108 @@ def _agent_state(run_dir: Path) -> np.ndarray:
     return np.concatenate([arrays[name].ravel().astype(np.float64) for name in names])
 
 
-@pytest.mark.parametrize(
-    "algo,overrides,says",
-    [
-        ("dipo", {}, "dipo rewrites replayed actions"),
-        ("sac", {"num_envs": 8, "buffer_size": 4}, "must hold one step of all num_envs"),
-    ],
-)
-def test_what_the_device_loop_cannot_train_ends_with_one_line_before_writing(
-    tmp_path, algo, overrides, says
-):
-    with pytest.raises(UsageError, match=says):
+def test_a_buffer_smaller_than_one_step_of_all_envs_ends_with_one_line_before_writing(tmp_path):
+    with pytest.raises(UsageError, match="must hold one step of all num_envs"):
         diffmaxent.train(
-            algo, ENV, steps=8, out=tmp_path / "run", overrides=overrides, progress=False
+            "sac",
+            ENV,
+            steps=8,
+            out=tmp_path / "run",
+            overrides={"num_envs": 8, "buffer_size": 4},
+            progress=False,
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_sac_runs_on_cartpole_swingup_with_its_mjx_preset_scaled_down(tmp_path):
+    """The mjx preset's sampling (8 gradient steps of 512 rows per step of all envs) with fewer
+    envs and small networks; swing-up episodes start hanging down, so the first returns are low."""
+    small = {**SMALL, "num_envs": 16, "action_repeat": 8, "learning_starts": 512}
+    result = diffmaxent.train(
+        "sac",
+        "mjx:CartpoleSwingup",
+        preset="mjx",
+        steps=2_048,
+        out=tmp_path / "run",
+        overrides={**small, "buffer_size": 4_096, "eval_every": 1_024},
+        progress=False,
+    )
+    config = runs.read_json(tmp_path / "run" / runs.CONFIG_FILE)
+    assert config["preset"] == "mjx"
+    assert (config["loop"]["batch_size"], config["loop"]["updates_per_step"]) == (512, 8)
+    assert [row["env_step"] for row in result.metrics] == [1_024, 2_048]
+    assert result.metrics[-1]["updates"] == 8 * ((2_048 - 512) // 16 + 1)
+    assert all(np.isfinite(row["critic_loss"]) for row in result.metrics)
+    assert all(0.0 <= row["eval_return_mean"] <= 125.0 for row in result.metrics)
+
+
+# --- dipo: improved actions in the device buffer --------------------------------------------------
+
+
+def test_improved_actions_start_as_the_taken_ones_and_the_last_occurrence_of_a_row_wins():
+    """The device buffer's write-back keeps the host buffer's rule on rows drawn more than once."""
+    capacity, action_dim = 6, 2
+    device_buffer = DeviceBuffer.empty(capacity, 2, action_dim, improved_actions=True)
+    host = ReplayBuffer(capacity, 2, action_dim, improved_actions=True)
+    rng = np.random.default_rng(0)
+    for _ in range(capacity + 2):  # wraps: rows 0 and 1 hold the newest two
+        obs, action = rng.normal(size=2), rng.uniform(-1, 1, action_dim)
+        host.add(obs, action, 0.0, obs, False, False)
+        device_buffer = device_buffer.insert(
+            Batch(obs[None], action[None], np.zeros(1), obs[None], np.zeros(1), np.zeros(1))
+        )
+    np.testing.assert_array_equal(device_buffer.improved_action, device_buffer.action)
+    rows = np.array([[0, 3, 3, 5], [1, 3, 0, 2]])  # row 3 thrice, row 0 twice
+    improved = rng.normal(size=(*rows.shape, action_dim)).astype(np.float32)
+    host.write_improved_actions(rows, improved)
+    device_buffer = device_buffer.write_improved_actions(jnp.asarray(rows), jnp.asarray(improved))
+    np.testing.assert_array_equal(device_buffer.improved_action, host.improved_action)
+    np.testing.assert_array_equal(device_buffer.improved_action[3], improved[1, 1])
+    np.testing.assert_array_equal(device_buffer.improved_action[4], device_buffer.action[4])
+    back = DeviceBuffer.from_host(device_buffer.to_host())
+    np.testing.assert_array_equal(back.improved_action, device_buffer.improved_action)
+
+
+DIPO = {**SAC, "num_diffusion_steps": 4, "eval_every": 256}
+DIPO_STEPS = 512
+
+
+@pytest.fixture(scope="module")
+def dipo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dipo") / "run"
+    return diffmaxent.train(
+        "dipo", ENV, steps=DIPO_STEPS, out=out, overrides=DIPO, progress=False
+    ), out
+
+
+def test_dipo_trains_on_the_device_loop_and_improves_the_replayed_actions(dipo_run):
+    result, out = dipo_run
+    assert [row["env_step"] for row in result.metrics] == [256, 512]
+    assert result.metrics[-1]["updates"] == (DIPO_STEPS - DIPO["learning_starts"]) // 4 + 1
+    assert np.isfinite(result.metrics[-1]["critic_loss"])
+    buffer = ReplayBuffer.restore(out / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True)
+    stored = slice(0, DIPO_STEPS)
+    moved = np.any(buffer.improved_action[stored] != buffer.action[stored], axis=1)
+    # 65 gradient steps of 32 rows on 512 stored: most rows were drawn; those never drawn keep
+    # the taken action.
+    assert 0.5 < moved.mean() < 1.0
+    assert np.all(np.abs(buffer.improved_action[stored]) <= 1.0)
+
+
+def test_dipo_continued_run_equals_the_uninterrupted_one_bitwise(dipo_run, tmp_path):
+    _, out = dipo_run
+    half = tmp_path / "half"
+    diffmaxent.train("dipo", ENV, steps=DIPO_STEPS // 2, out=half, overrides=DIPO, progress=False)
+    diffmaxent.train(resume=half, steps=DIPO_STEPS, progress=False)
+    _assert_same_run(out, half)
+    np.testing.assert_array_equal(
+        ReplayBuffer.restore(
+            half / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True
+        ).improved_action,
+        ReplayBuffer.restore(
+            out / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True
+        ).improved_action,
+    )
 
 
 # --- ppo ------------------------------------------------------------------------------------------

@@ -207,9 +207,9 @@ def make_agent(config: ResolvedConfig, env_spec: EnvSpec) -> Agent:
     """The agent of a resolved run config, its functions traced at the run's matmul precision.
 
     Raises:
-        UsageError: on an ``mjx:`` env, an agent the device loop cannot train.
+        UsageError: on an ``mjx:`` env, settings the device loop cannot train with.
     """
     agent = get_algo(config.algo).make(config.agent, env_spec)
     if config.env.startswith(MJX_PREFIX):
-        device.check_run(config, agent)
+        device.check_run(config)
     return with_matmul_precision(agent, matmul_precision(config))

@@ -18,6 +18,9 @@ the same.
   ``num_envs`` env steps and the ratio of gradient steps to env steps is
   ``updates_per_step / num_envs``; the warm-up ends at the first step boundary at or after
   ``learning_starts``. Training ends at the first step boundary at or after ``steps``.
+  Agents that improve replayed actions (DIPO) get the sampled rows' improved actions and write
+  the returned ones back into the device buffer, as the replay loop does on the host; each
+  checkpoint also saves the whole improved-action array.
 * On-policy agents (the ``rollout`` loop's settings): one step is a scanned rollout of
   ``rollout_steps`` vector steps with the agent's ``collect``, then its ``update`` (GAE and
   minibatch epochs) on it, all in the same program.
@@ -53,6 +56,7 @@ from diffmaxent.agents.onpolicy import Rollout
 from diffmaxent.buffer import (
     ReplayBuffer,
     discard_rows_after,
+    prune_improved_actions,
     prune_rows,
     zeros_batch,
 )
@@ -100,7 +104,11 @@ class DeviceRolloutLoopConfig(RolloutLoopConfig):
 
 class DeviceBuffer(NamedTuple):
     """A ring of transitions in device arrays; insert index ``i`` lives at row ``i % capacity``
-    (the layout of :class:`~diffmaxent.buffer.ReplayBuffer`, whose chunk files save it)."""
+    (the layout of :class:`~diffmaxent.buffer.ReplayBuffer`, whose chunk files save it).
+
+    ``improved_action`` (agents that improve replayed actions, DIPO; None for the others) starts
+    as the taken action and is rewritten at the rows the agent trained on, as in the host
+    buffer."""
 
     obs: jax.Array  # [capacity, obs_dim]
     action: jax.Array  # [capacity, action_dim]
@@ -109,9 +117,12 @@ class DeviceBuffer(NamedTuple):
     terminated: jax.Array  # [capacity] float32: no bootstrap
     truncated: jax.Array  # [capacity] float32: a time limit, bootstrap from next_obs
     inserted: jax.Array  # [] int32, transitions ever added
+    improved_action: jax.Array | None = None  # [capacity, action_dim]
 
     @classmethod
-    def empty(cls, capacity: int, obs_dim: int, action_dim: int) -> DeviceBuffer:
+    def empty(
+        cls, capacity: int, obs_dim: int, action_dim: int, improved_actions: bool = False
+    ) -> DeviceBuffer:
         zeros = functools.partial(jnp.zeros, dtype=jnp.float32)
         return cls(
             zeros((capacity, obs_dim)),
@@ -121,6 +132,7 @@ class DeviceBuffer(NamedTuple):
             zeros(capacity),
             zeros(capacity),
             jnp.zeros((), jnp.int32),
+            zeros((capacity, action_dim)) if improved_actions else None,
         )
 
     @property
@@ -136,20 +148,47 @@ class DeviceBuffer(NamedTuple):
             name: getattr(self, name).at[rows].set(jnp.asarray(value, jnp.float32))
             for name, value in batch._asdict().items()
         }
-        return DeviceBuffer(**fields, inserted=self.inserted + count)
+        improved = self.improved_action
+        if improved is not None:
+            improved = improved.at[rows].set(jnp.asarray(batch.action, jnp.float32))
+        return DeviceBuffer(**fields, inserted=self.inserted + count, improved_action=improved)
+
+    def sample_rows(self, key: jax.Array, batch_size: int, num_batches: int) -> jax.Array:
+        """Rows ``[num_batches, batch_size]`` drawn uniformly from the filled ones."""
+        size = jnp.maximum(jnp.minimum(self.inserted, self.capacity), 1)
+        return jax.random.randint(key, (num_batches, batch_size), 0, size)
+
+    def gather(self, rows: jax.Array) -> Batch:
+        """The transitions at ``rows`` (leading shape that of ``rows``)."""
+        return Batch(*(getattr(self, name)[rows] for name in Batch._fields))
 
     def sample(self, key: jax.Array, batch_size: int, num_batches: int) -> Batch:
         """``num_batches`` batches of ``batch_size`` rows drawn uniformly from the filled rows
         (leading shape ``[num_batches, batch_size]``)."""
-        size = jnp.maximum(jnp.minimum(self.inserted, self.capacity), 1)
-        rows = jax.random.randint(key, (num_batches, batch_size), 0, size)
-        return Batch(*(getattr(self, name)[rows] for name in Batch._fields))
+        return self.gather(self.sample_rows(key, batch_size, num_batches))
+
+    def write_improved_actions(self, rows: jax.Array, actions: jax.Array) -> DeviceBuffer:
+        """Store ``actions [*rows.shape, action_dim]`` as the improved actions of ``rows``; a row
+        that occurs more than once keeps its last occurrence's (row-major order: the last
+        gradient step that sampled it), as :meth:`ReplayBuffer.write_improved_actions` does."""
+        flat_rows = rows.reshape(-1)
+        flat_actions = actions.reshape(flat_rows.shape[0], -1)
+        order = jnp.arange(flat_rows.shape[0])
+        # A scatter with repeated indices promises no winner: write each row's last occurrence
+        # only, and send the others past the end, where mode="drop" discards them.
+        last = jnp.full(self.capacity, -1).at[flat_rows].max(order)
+        targets = jnp.where(last[flat_rows] == order, flat_rows, self.capacity)
+        improved = self.improved_action.at[targets].set(flat_actions, mode="drop")
+        return self._replace(improved_action=improved)
 
     def to_host(self) -> ReplayBuffer:
         """The host :class:`ReplayBuffer` holding the same rows (for its chunk files)."""
-        host = ReplayBuffer(self.capacity, self.obs.shape[1], self.action.shape[1])
+        improves = self.improved_action is not None
+        host = ReplayBuffer(self.capacity, self.obs.shape[1], self.action.shape[1], improves)
         for name in Batch._fields:
             setattr(host, name, np.asarray(getattr(self, name)))
+        if improves:
+            host.improved_action = np.asarray(self.improved_action)
         host.inserted = int(self.inserted)
         host.size = min(host.inserted, host.capacity)
         return host
@@ -157,7 +196,12 @@ class DeviceBuffer(NamedTuple):
     @classmethod
     def from_host(cls, buffer: ReplayBuffer) -> DeviceBuffer:
         fields = {name: jnp.asarray(getattr(buffer, name)) for name in Batch._fields}
-        return cls(**fields, inserted=jnp.asarray(buffer.inserted, jnp.int32))
+        improved = buffer.improved_action
+        return cls(
+            **fields,
+            inserted=jnp.asarray(buffer.inserted, jnp.int32),
+            improved_action=None if improved is None else jnp.asarray(improved),
+        )
 
 
 # --- what a chunk carries ------------------------------------------------------------------------
@@ -222,15 +266,23 @@ def _replay_step(env: MJXEnv, agent: Any, loop: DeviceReplayLoopConfig) -> Calla
         )
         env_step = carry.env_step + loop.num_envs
 
-        def learn() -> tuple[Any, dict[str, jax.Array], jax.Array]:
-            batches = buffer.sample(sample_key, loop.batch_size, loop.updates_per_step)
-            state, metrics = agent.update(carry.agent, batches, update_key)
-            return state, metrics, carry.updates + loop.updates_per_step
+        def learn() -> tuple[Any, dict[str, jax.Array], DeviceBuffer, jax.Array]:
+            rows = buffer.sample_rows(sample_key, loop.batch_size, loop.updates_per_step)
+            batches = buffer.gather(rows)
+            if buffer.improved_action is None:
+                state, metrics = agent.update(carry.agent, batches, update_key)
+                improved_buffer = buffer
+            else:
+                state, metrics, improved = agent.update_improving_actions(
+                    carry.agent, batches, buffer.improved_action[rows], update_key
+                )
+                improved_buffer = buffer.write_improved_actions(rows, improved)
+            return state, metrics, improved_buffer, carry.updates + loop.updates_per_step
 
-        agent_state, metrics, updates = jax.lax.cond(
+        agent_state, metrics, buffer, updates = jax.lax.cond(
             env_step >= loop.learning_starts,
             learn,
-            lambda: (carry.agent, carry.metrics, carry.updates),
+            lambda: (carry.agent, carry.metrics, buffer, carry.updates),
         )
         return Carry(
             agent_state,
@@ -333,24 +385,22 @@ class Programs:
     on_policy: bool
 
 
-def check_run(config: Any, agent: Any) -> None:
+def check_run(config: Any) -> None:
     """Refuse, before anything is written, what the device loop cannot train.
 
     Raises:
-        UsageError: an agent that rewrites replayed actions (DIPO), or a replay buffer smaller
-            than one step of all envs.
+        UsageError: a replay buffer smaller than one step of all envs.
     """
-    if getattr(agent, "update_improving_actions", None) is not None:
-        raise UsageError(
-            f"{config.algo} rewrites replayed actions, which the device loop does not keep; "
-            "train it on a host env"
-        )
     loop = config.loop
     if hasattr(loop, "buffer_size") and loop.buffer_size < loop.num_envs:
         raise UsageError(
             f"buffer_size ({loop.buffer_size}) must hold one step of all num_envs "
             f"({loop.num_envs}) envs"
         )
+
+
+def _improves_actions(agent: Any) -> bool:
+    return getattr(agent, "update_improving_actions", None) is not None
 
 
 def _over_seeds(fn: Callable[..., Any], batching: str, size: int) -> Callable[..., Any]:
@@ -387,7 +437,7 @@ def _build(setups: Sequence[RunSetup], agent: Any) -> Programs:
     if on_policy:
         step = _rollout_step(env, agent, loop)
     else:
-        check_run(config, agent)
+        check_run(config)
         step = _replay_step(env, agent, loop)
     template = jax.eval_shape(agent.init, jax.random.PRNGKey(0))
     fresh = jax.eval_shape(lambda state: _start(env, agent, loop, on_policy, state, None), template)
@@ -424,7 +474,9 @@ def _start(
     if on_policy:
         buffer, example = None, None
     else:
-        buffer = DeviceBuffer.empty(loop.buffer_size, env.obs_dim, env.action_dim)
+        buffer = DeviceBuffer.empty(
+            loop.buffer_size, env.obs_dim, env.action_dim, _improves_actions(agent)
+        )
         example = zeros_batch(env.obs_dim, env.action_dim, loop.batch_size, loop.updates_per_step)
     if on_policy:
         obs = jnp.zeros((loop.num_envs, env.obs_dim), jnp.float32)
@@ -488,7 +540,9 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
     check = (
         None
         if compiled.on_policy
-        else replay_restorer(loop.buffer_size, env.obs_dim, env.action_dim)
+        else replay_restorer(
+            loop.buffer_size, env.obs_dim, env.action_dim, _improves_actions(agent)
+        )
     )
     resumes = find_resume_points(setups, template, check) if setups[0].resume else None
 
@@ -524,6 +578,8 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
                     host = member.buffer.to_host()
                     host.save_rows(replay_dir, rows_saved[index])
                     rows_saved[index] = host.inserted
+                    if host.improved_action is not None:
+                        host.save_improved_actions(replay_dir)
                 info = {"metrics": encode_floats(lane_metrics(member))}
                 return arrays, info
 
@@ -572,9 +628,10 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
                     for index in range(size):
                         if recorders.active(index):
                             replay_dir = setups[index].run_dir / runs.REPLAY_DIR
-                            prune_rows(
-                                replay_dir, recorders.oldest_kept_step(index) - loop.buffer_size
-                            )
+                            oldest_kept = recorders.oldest_kept_step(index)
+                            prune_rows(replay_dir, oldest_kept - loop.buffer_size)
+                            if _improves_actions(agent):
+                                prune_improved_actions(replay_dir, oldest_kept)
             recorders.stop_if_requested(carry.agent, env_step, snapshots)
         _, plot_keys = seeds.split(carry.key)
         return recorders.finish(agent, carry.agent, plot_keys, env_step)
