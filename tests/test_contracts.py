@@ -210,8 +210,10 @@ def _short_run(out, seed=0, algo="sac", env_id="Pendulum-v1"):
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_same_seed_gives_identical_metrics_and_actions(tmp_path, algo):
     first = _short_run(tmp_path / "a", algo=algo)
-    second = _short_run(tmp_path / "b", algo=algo)
-    other = _short_run(tmp_path / "c", seed=1, algo=algo)
+    with _count_traces() as traced:  # runs of one configuration share the built agent
+        second = _short_run(tmp_path / "b", algo=algo)
+        other = _short_run(tmp_path / "c", seed=1, algo=algo)
+    assert not {"init", "act", "collect", "update", "update_improving_actions"} & set(traced)
 
     def without_time(rows):
         return [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
