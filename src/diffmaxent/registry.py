@@ -207,22 +207,27 @@ def matmul_precision(config: ResolvedConfig) -> str:
 def make_agent(config: ResolvedConfig, env_spec: EnvSpec) -> Agent:
     """The agent of a resolved run config, its functions traced at the run's matmul precision.
 
-    An agent is a set of pure functions of its config, env spec and precision, so runs of one
-    configuration in a process (seeds one after another, ``compare``, ``reproduce``, ``load``
-    after ``train``, tests) get the same agent and share its compiled programs; the last
-    :data:`BUILT_AGENTS_KEPT` configurations are kept.
+    An agent is a set of pure functions of its builder, config, env spec and precision, so runs
+    of one configuration in a process (seeds one after another, ``compare``, ``reproduce``,
+    ``load`` after ``train``, tests) get the same agent and share its compiled programs; the
+    last :data:`BUILT_AGENTS_KEPT` configurations are kept.
 
     Raises:
         UsageError: on an ``mjx:`` env, settings the device loop cannot train with.
     """
     if config.env.startswith(MJX_PREFIX):
         device.check_run(config)
-    return _built_agent(config.algo, config.agent, env_spec, matmul_precision(config))
+    make = get_algo(config.algo).make
+    return _built_agent(make, config.agent, env_spec, matmul_precision(config))
 
 
 BUILT_AGENTS_KEPT = 32
 
 
 @functools.lru_cache(maxsize=BUILT_AGENTS_KEPT)
-def _built_agent(algo: str, agent_config: Any, env_spec: EnvSpec, precision: str) -> Agent:
-    return with_matmul_precision(get_algo(algo).make(agent_config, env_spec), precision)
+def _built_agent(
+    make: Callable[[Any, EnvSpec], Agent], agent_config: Any, env_spec: EnvSpec, precision: str
+) -> Agent:
+    # Keyed on the registered builder itself, not the algorithm's name: an entry of ALGOS
+    # replaced by another builder (a wrapped or patched agent) is another agent.
+    return with_matmul_precision(make(agent_config, env_spec), precision)
