@@ -276,6 +276,7 @@ def test_a_reset_of_everything_to_the_initial_parameters_as_the_official_code():
         assert _differs(getattr(reset, name), getattr(trained, name)), name
 
 
+@pytest.mark.slow
 def test_the_update_resets_before_the_scheduled_gradient_step():
     # Resets before gradient step 2 (the second update call's first step) equal: update, reset,
     # update of an agent without resets.
@@ -380,6 +381,7 @@ def _final_state(run_dir) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_across_a_reset_as_the_uninterrupted_one(tmp_path):
     reference = tmp_path / "reference"
     assert main(_train_arguments(reference)) == 0

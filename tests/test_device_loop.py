@@ -330,6 +330,7 @@ def dipo_run(tmp_path_factory):
     ), out
 
 
+@pytest.mark.slow
 def test_dipo_trains_on_the_device_loop_and_improves_the_replayed_actions(dipo_run):
     result, out = dipo_run
     assert [row["env_step"] for row in result.metrics] == [256, 512]
@@ -344,6 +345,7 @@ def test_dipo_trains_on_the_device_loop_and_improves_the_replayed_actions(dipo_r
     assert np.all(np.abs(buffer.improved_action[stored]) <= 1.0)
 
 
+@pytest.mark.slow
 def test_dipo_continued_run_equals_the_uninterrupted_one_bitwise(dipo_run, tmp_path):
     _, out = dipo_run
     half = tmp_path / "half"

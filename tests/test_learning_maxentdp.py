@@ -8,6 +8,7 @@ import diffmaxent
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_maxentdp_reaches_every_goal_on_multigoal(tmp_path):
     # Fig. 1 of the paper: every goal in at least 10% of 50 sampled episodes. One seed in CI;
     # docs/benchmarks.md records three.
