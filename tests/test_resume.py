@@ -144,8 +144,23 @@ def references(tmp_path_factory):
     return made
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-@pytest.mark.parametrize("algo", sorted(CASES))
+# Every fault for sac and ppo (a replay and a rollout agent); the diffusion agents, whose training
+# processes take 30 s each to start and compile, one kill in the default run and the rest `slow`.
+DEFAULT_FAULT_FOR_SLOW_STARTS = "sigkill-after-a-checkpoint"
+CASE_PARAMS = [
+    pytest.param(
+        algo,
+        fault,
+        marks=pytest.mark.slow
+        if algo not in ("sac", "ppo") and fault != DEFAULT_FAULT_FOR_SLOW_STARTS
+        else (),
+    )
+    for algo in sorted(CASES)
+    for fault in sorted(FAULTS)
+]
+
+
+@pytest.mark.parametrize("algo,fault", CASE_PARAMS)
 def test_interrupted_and_resumed_run_writes_the_uninterrupted_rows(
     tmp_path, references, algo, fault
 ):
