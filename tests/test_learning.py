@@ -10,6 +10,7 @@ from diffmaxent import runs
 
 
 @pytest.mark.learning
+@pytest.mark.long_learning
 def test_sac_balances_dmc_cartpole_with_action_repeat_8(tmp_path):
     """End to end through dm_control: the zero action scores about 740 and random actions about
     325 on cartpole-balance; SAC reached 998 at 5,000 agent steps (40,000 simulator steps)."""
