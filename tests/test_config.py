@@ -16,7 +16,7 @@ import pytest
 
 from diffmaxent.agents.groups import Temperature
 from diffmaxent.agents.sac import SACConfig
-from diffmaxent.api import hyperparameter_table, resolve_config
+from diffmaxent.api import DEVICE_ONLY_NOTE, hyperparameter_table, resolve_config
 from diffmaxent.config import (
     AUTO,
     Preset,
@@ -61,7 +61,8 @@ def test_one_name_has_one_meaning_across_algorithms():
     meaning: dict[str, set[str]] = {}
     for algo in ALGOS:
         for name, _type, _default, help_text in hyperparameter_table(algo):
-            meaning.setdefault(name, set()).add(help_text)
+            # where a setting applies (the device loop only) is not another meaning
+            meaning.setdefault(name, set()).add(help_text.removesuffix(DEVICE_ONLY_NOTE))
     assert {name: helps for name, helps in meaning.items() if len(helps) > 1} == {}
 
 
@@ -111,7 +112,7 @@ def test_device_loop_settings_resolve_on_mjx_envs_and_end_with_one_line_elsewher
         assert resolve_config(algo, "Pendulum-v1", overrides={"num_envs": 16}).loop.num_envs == 16
         assert "mjx: envs only" not in table["num_envs"][3]
         return
-    assert table["num_envs"][3].endswith("(mjx: envs only)")
+    assert table["num_envs"][3].endswith(DEVICE_ONLY_NOTE)
     assert "num_envs" not in {row[0] for row in hyperparameter_table(algo, "Pendulum-v1")}
     with pytest.raises(UsageError, match="'num_envs' is a setting of the device loop") as info:
         resolve_config(algo, "Pendulum-v1", overrides={"num_envs": 16})

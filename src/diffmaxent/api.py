@@ -145,6 +145,10 @@ def config_from_json(data: Mapping[str, Any]) -> ResolvedConfig:
         raise UsageError(f"not a run config: {type(error).__name__} {error}") from None
 
 
+# Appended to the help of a setting only the device loop has (``mjx:`` envs).
+DEVICE_ONLY_NOTE = " (mjx: envs only)"
+
+
 def hyperparameter_table(algo: str, env: str | None = None) -> list[tuple[str, str, Any, str]]:
     """``(name, type, default, help)`` for every hyperparameter of ``algo`` (agent, then loop):
     those of the loop that trains it on ``env``, or without ``env`` those of its host loop and
@@ -158,7 +162,7 @@ def hyperparameter_table(algo: str, env: str | None = None) -> list[tuple[str, s
         rows
         + describe_fields(spec.loop.config_cls)
         + [
-            (name, type_name, default, f"{help_text} (mjx: envs only)")
+            (name, type_name, default, help_text + DEVICE_ONLY_NOTE)
             for name, type_name, default, help_text in describe_fields(
                 DEVICE_LOOPS[spec.loop.name].config_cls
             )

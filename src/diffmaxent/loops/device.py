@@ -75,13 +75,12 @@ from diffmaxent.loops.bookkeeping import (
     replay_restorer,
 )
 from diffmaxent.loops.replay import ReplayLoopConfig
-from diffmaxent.loops.rollout import RolloutLoopConfig
+from diffmaxent.loops.rollout import NUM_ENVS_HELP, RolloutLoopConfig
 from diffmaxent.loops.seeds import SeedAxis
 from diffmaxent.types import Batch
 
 # A host call's length: the progress display, the NaN check and stops on signals come between calls.
 CALL_SECONDS = 2.0
-NUM_ENVS_HELP = "environments stepped together on the device (jax.vmap of the MJX env)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

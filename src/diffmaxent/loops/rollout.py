@@ -46,6 +46,12 @@ from diffmaxent.loops.bookkeeping import (
 )
 from diffmaxent.loops.seeds import SeedAxis
 
+# One meaning for both kinds of loop: the device loop steps its envs under jax.vmap instead.
+NUM_ENVS_HELP = (
+    "environments stepped together (a gymnasium SyncVectorEnv; on mjx: envs, jax.vmap of the "
+    "MJX env)"
+)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RolloutLoopConfig(with_defaults(EvaluationSchedule, eval_every=10_000)):
@@ -53,7 +59,7 @@ class RolloutLoopConfig(with_defaults(EvaluationSchedule, eval_every=10_000)):
     including ``batch_size``, ``epochs`` and the GAE parameters, are agent hyperparameters
     because the agent's jitted ``update`` consumes them)."""
 
-    num_envs: int = hp(8, "environments stepped together (gymnasium SyncVectorEnv)", low=1)
+    num_envs: int = hp(8, NUM_ENVS_HELP, low=1)
     rollout_steps: int = hp(256, "env steps per environment between updates", low=1)
 
 
