@@ -80,8 +80,10 @@ def _newest_checkpoint(run_dir: Path, which: int = -1) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _replay(run_dir: Path, inserted: int) -> ReplayBuffer:
-    return ReplayBuffer.restore(run_dir / runs.REPLAY_DIR, 1_000_000, 5, 1, inserted)
+def _replay(run_dir: Path, inserted: int, improved_actions: bool = False) -> ReplayBuffer:
+    return ReplayBuffer.restore(
+        run_dir / runs.REPLAY_DIR, 1_000_000, 5, 1, inserted, improved_actions
+    )
 
 
 def _assert_same_run(first: Path, second: Path) -> None:
@@ -336,7 +338,7 @@ def test_dipo_trains_on_the_device_loop_and_improves_the_replayed_actions(dipo_r
     assert [row["env_step"] for row in result.metrics] == [256, 512]
     assert result.metrics[-1]["updates"] == (DIPO_STEPS - DIPO["learning_starts"]) // 4 + 1
     assert np.isfinite(result.metrics[-1]["critic_loss"])
-    buffer = ReplayBuffer.restore(out / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True)
+    buffer = _replay(out, DIPO_STEPS, improved_actions=True)
     stored = slice(0, DIPO_STEPS)
     moved = np.any(buffer.improved_action[stored] != buffer.action[stored], axis=1)
     # 65 gradient steps of 32 rows on 512 stored: most rows were drawn; those never drawn keep
@@ -353,12 +355,8 @@ def test_dipo_continued_run_equals_the_uninterrupted_one_bitwise(dipo_run, tmp_p
     diffmaxent.train(resume=half, steps=DIPO_STEPS, progress=False)
     _assert_same_run(out, half)
     np.testing.assert_array_equal(
-        ReplayBuffer.restore(
-            half / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True
-        ).improved_action,
-        ReplayBuffer.restore(
-            out / runs.REPLAY_DIR, 1_000_000, 5, 1, DIPO_STEPS, True
-        ).improved_action,
+        _replay(half, DIPO_STEPS, improved_actions=True).improved_action,
+        _replay(out, DIPO_STEPS, improved_actions=True).improved_action,
     )
 
 

@@ -85,7 +85,7 @@ def resolve_config(
     loop = loop_for(spec, env)
     loop_names = set(field_types(loop.config_cls))
     unknown = sorted(set(values) - agent_names - loop_names)
-    device_only = [name for name in unknown if name in _device_only_fields(spec)]
+    device_only = sorted(set(unknown) & _device_only_fields(spec))
     if device_only:
         raise UsageError(
             f"{device_only[0]!r} is a setting of the device loop, which trains {algo} on mjx: "

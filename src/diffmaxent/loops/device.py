@@ -536,12 +536,11 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
     keys, state = seeds.start([setup.config.seed for setup in setups])
     template = seeds.member_shapes(state)
 
+    improves_actions = _improves_actions(agent)
     check = (
         None
         if compiled.on_policy
-        else replay_restorer(
-            loop.buffer_size, env.obs_dim, env.action_dim, _improves_actions(agent)
-        )
+        else replay_restorer(loop.buffer_size, env.obs_dim, env.action_dim, improves_actions)
     )
     resumes = find_resume_points(setups, template, check) if setups[0].resume else None
 
@@ -629,7 +628,7 @@ def run(setups: Sequence[RunSetup], agent: Any) -> list[TrainResult]:
                             replay_dir = setups[index].run_dir / runs.REPLAY_DIR
                             oldest_kept = recorders.oldest_kept_step(index)
                             prune_rows(replay_dir, oldest_kept - loop.buffer_size)
-                            if _improves_actions(agent):
+                            if improves_actions:
                                 prune_improved_actions(replay_dir, oldest_kept)
             recorders.stop_if_requested(carry.agent, env_step, snapshots)
         _, plot_keys = seeds.split(carry.key)
