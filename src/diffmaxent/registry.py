@@ -30,8 +30,8 @@ from diffmaxent.agents import (
 )
 from diffmaxent.agents.common import Agent, with_matmul_precision
 from diffmaxent.config import Preset
-from diffmaxent.envs.factory import EnvSpec
 from diffmaxent.envs.mjx import MJX_PREFIX
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.errors import UsageError
 from diffmaxent.loops import DEVICE_LOOPS, REPLAY, ROLLOUT, Loop, device
 from diffmaxent.loops.bookkeeping import ResolvedConfig

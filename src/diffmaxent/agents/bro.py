@@ -107,7 +107,7 @@ from diffmaxent.critics import (
     td_target,
 )
 from diffmaxent.distributions import squashed_gaussian_sample
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.errors import UsageError
 from diffmaxent.nn import orthogonal_init
 from diffmaxent.types import Batch, Metrics

@@ -39,7 +39,7 @@ from diffmaxent.agents.groups import (
 from diffmaxent.agents.sac import sample_action, soft_policy_loss
 from diffmaxent.config import Preset, with_defaults
 from diffmaxent.critics import CrossQCritic
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.nn import GaussianActor
 from diffmaxent.types import Batch, Metrics
 

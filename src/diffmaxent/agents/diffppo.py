@@ -79,7 +79,7 @@ from diffmaxent.diffusion.augmented import (
     soft_rewards,
     step_discounts,
 )
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -83,7 +83,7 @@ from diffmaxent.diffusion.augmented import (
     entropy_estimate,
     prior_sample,
 )
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.types import Batch, Metrics
 
 

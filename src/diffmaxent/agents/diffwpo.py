@@ -48,7 +48,7 @@ from diffmaxent.agents.diffsac import (
     build,
 )
 from diffmaxent.config import Preset, hp
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -65,7 +65,7 @@ from diffmaxent.agents.groups import (
 )
 from diffmaxent.config import AUTO, Preset, hp, with_defaults
 from diffmaxent.diffusion.dime import DIMEPolicy
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.types import Batch, Metrics
 
 # The official hard-coded temperature target: mean running cost -> 4 |A|.

@@ -89,7 +89,7 @@ from diffmaxent.agents.groups import (
 )
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.flows import ConditionalFlow, FlowMLP
 from diffmaxent.types import Batch, Metrics
 

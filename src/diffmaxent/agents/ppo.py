@@ -30,7 +30,7 @@ from diffmaxent.agents.onpolicy import (
 )
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.distributions import gaussian_log_prob
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.nn import MLP
 from diffmaxent.types import Metrics
 

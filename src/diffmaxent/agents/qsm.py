@@ -69,7 +69,7 @@ from diffmaxent.agents.groups import DiffusionChain, Discount, Optimisers, Targe
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
 from diffmaxent.diffusion import NoiseNet
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.nn import EnsembleCritic
 from diffmaxent.types import Batch, Metrics
 

@@ -87,7 +87,7 @@ from diffmaxent.agents.groups import (
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
 from diffmaxent.diffusion import NoiseNet
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.types import Batch, Metrics
 
 THREE_LAYERS = (256, 256, 256)

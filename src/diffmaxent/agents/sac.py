@@ -34,7 +34,7 @@ from diffmaxent.agents.groups import (
 from diffmaxent.config import Preset
 from diffmaxent.critics import td_target
 from diffmaxent.distributions import squashed_gaussian_sample
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.nn import EnsembleCritic, GaussianActor
 from diffmaxent.types import Batch, Metrics
 

@@ -59,7 +59,7 @@ from diffmaxent.agents.common import (
 from diffmaxent.agents.groups import ActorNetwork, Discount, Optimisers, TargetCritics
 from diffmaxent.config import Preset, hp, with_defaults
 from diffmaxent.critics import td_target
-from diffmaxent.envs.factory import EnvSpec
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.nn import MLP, EnsembleCritic
 from diffmaxent.types import Batch, Metrics
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffmaxent.envs.spec import EnvSpec
 from diffmaxent.errors import UsageError
 
 MJX_PREFIX = "mjx:"
@@ -162,8 +163,6 @@ class MJXEnv:
     @property
     def spec(self):
         """The :class:`~diffmaxent.envs.EnvSpec` agents are built from."""
-        from diffmaxent.envs.factory import EnvSpec
-
         return EnvSpec(
             self.env_id, self.obs_dim, self.action_dim, self.action_low, self.action_high
         )
