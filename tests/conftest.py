@@ -1,4 +1,6 @@
+import gc
 import os
+from pathlib import Path
 
 import pytest
 
@@ -7,10 +9,6 @@ import pytest
 # whatever `matmul_precision` says (a GPU's default is TF32).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# No persistent compilation cache: with jaxlib 0.10.2 a long session that reads executables from
-# it and writes new ones crashed (SIGSEGV in Executable.serialize, put_executable_and_time) at the
-# same test every time, after 45 minutes of the suite; each test compiles what it runs.
-os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import jax  # after the environment it reads at import
 
@@ -27,3 +25,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module.__name__ in CPU_EXACT_MODULES:
             item.add_marker(skip)
+
+
+# Every compiled XLA program kept alive holds memory mappings of its machine code (about a dozen
+# for a small one), and jit keeps every program it compiled. The suite compiles thousands, and at
+# the kernel's limit on mappings per process (vm.max_map_count, 65,530 by default) LLVM cannot
+# map the next one and XLA crashes with SIGSEGV: it did, 41 minutes into the suite, at the same
+# test each time (tests/test_meow.py; "LLVM compilation error: Cannot allocate memory" is hidden
+# by TF_CPP_MIN_LOG_LEVEL). So between tests, once the process holds over half the limit, JAX's
+# compiled programs are released (later tests compile again what they need).
+MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+RELEASES = []
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps", "rb") as maps:
+        return sum(1 for _ in maps)
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs_near_the_map_limit():
+    yield
+    if not MAX_MAP_COUNT.exists():
+        return
+    held = _memory_maps()
+    if held > int(MAX_MAP_COUNT.read_text()) // 2:
+        jax.clear_caches()
+        gc.collect()
+        RELEASES.append((held, _memory_maps()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for held, after in RELEASES:
+        terminalreporter.write_line(
+            f"released JAX's compiled programs: {held} memory maps held, {after} after"
+        )
