@@ -18,11 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from agent_helpers import tiny_agent
-from diffmaxent.loops import ROLLOUT
 from diffmaxent.registry import ALGOS
-from dmerl_helpers import tiny_on_policy_agent
-from test_contracts import SMALL, TINY, _small
+from test_contracts import SMALL, UPDATES_PER_CALL, agent_and_batches
 
 GOLDEN = Path(__file__).parent / "golden" / "gradient_steps.json"
 
@@ -30,15 +27,11 @@ GOLDEN = Path(__file__).parent / "golden" / "gradient_steps.json"
 def eight_gradient_steps(algo: str) -> dict[str, float]:
     """The metrics of the 4th of 4 updates (2 gradient steps each; on-policy agents: 4 updates
     of 2 epochs on one rollout) and the sum of |x| over every floating-point state leaf."""
-    values = {**SMALL, **TINY[algo], "updates_per_step": 2}
-    if ALGOS[algo].loop is ROLLOUT:
-        agent, source, _ = tiny_on_policy_agent(algo, _small(algo, values))
-    else:
-        agent, source, _ = tiny_agent(algo, values)
+    agent, source, _ = agent_and_batches(algo)
     state = agent.init(jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
     for i in range(4):
-        batches = source.sample(rng, SMALL["batch_size"], 2)
+        batches = source.sample(rng, SMALL["batch_size"], UPDATES_PER_CALL)
         state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
     leaves = jax.tree_util.tree_leaves(state)
     total = sum(
