@@ -8,6 +8,7 @@ Needs the `mjx` extra (and `dmc` for the twin).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -21,6 +22,7 @@ from diffmaxent.cli import main
 from diffmaxent.envs import env_suite, make_env
 from diffmaxent.envs.mjx import MJXGymEnv, make_mjx_env
 from diffmaxent.errors import UsageError
+from drift_task import DRIFT_ENV, DriftTask
 
 pytest.importorskip("mujoco_playground")
 
@@ -48,7 +50,7 @@ def compiled_rollout(env):
         states = jax.vmap(start)(keys, start_steps, nan_velocity)
 
         def one_step(states, action):
-            states, obs, reward, terminated, truncated = jax.vmap(env.step)(states, action)
+            states, obs, reward, terminated, truncated = env.step_envs(states, action)
             out = {"obs": obs, "reward": reward, "terminated": terminated}
             out |= {"truncated": truncated, "next_obs": states.obs, "steps": states.steps}
             return states, out
@@ -163,6 +165,41 @@ def test_vmapped_envs_are_independent(task):
     assert mixed["terminated"][0, 2] and not mixed["truncated"][0, 2]
     assert np.isfinite(mixed["obs"][0, 2]).all() and mixed["reward"][0, 2] == 0.0
     assert not mixed["terminated"][1:, 2].any() and np.isfinite(mixed["obs"][1:, 2]).all()
+
+
+def test_envs_stepped_together_equal_vmapped_steps_and_reset_only_at_episode_ends():
+    """``step_envs`` (the device loop's call) gives ``vmap(step)``'s results bit for bit but
+    computes the resets only on steps where an episode ended; on the pure-JAX stand-in task,
+    whose reset counts its calls."""
+    resets = []
+
+    class CountingDrift(DriftTask):
+        def reset(self, key):
+            jax.debug.callback(lambda: resets.append(1))
+            return super().reset(key)
+
+    env = dataclasses.replace(DRIFT_ENV, playground_env=CountingDrift())
+    states = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 4))
+    running = states._replace(steps=jnp.zeros(4, jnp.int32))
+    two_end = states._replace(steps=jnp.array([0, 5, 0, 5], jnp.int32))  # at the time limit
+    actions = jnp.full((4, 1), 0.5)
+    step_envs, vmapped_step = jax.jit(env.step_envs), jax.jit(jax.vmap(env.step))
+    for at in (running, two_end):
+        jax.tree.map(
+            np.testing.assert_array_equal, step_envs(at, actions), vmapped_step(at, actions)
+        )
+    assert step_envs(two_end, actions)[4].tolist() == [False, True, False, True]
+
+    def resets_computed(step, at):
+        jax.effects_barrier()
+        resets.clear()
+        jax.block_until_ready(step(at, actions))
+        jax.effects_barrier()
+        return len(resets)
+
+    assert resets_computed(vmapped_step, running) > 0  # vmap(step) resets on every step
+    assert resets_computed(step_envs, running) == 0
+    assert resets_computed(step_envs, two_end) > 0
 
 
 def test_gym_adapter_steps_like_the_functional_env():

@@ -239,6 +239,39 @@ class MJXEnv:
         next_state = _select(terminated | truncated, self.reset(stepped.key), stepped)
         return next_state, obs, reward, terminated, truncated
 
+    def step_envs(
+        self, states: MJXState, actions: jax.Array
+    ) -> tuple[MJXState, jax.Array, jax.Array, jax.Array, jax.Array]:
+        """:meth:`step` for many envs at once, with the same results as ``jax.vmap(step)``, but
+        a new episode is drawn only on steps where some env's episode ended.
+
+        ``vmap(step)`` computes every env's reset on every step and keeps it where an episode
+        ended; a reset can cost far more than a step (Playground's CheetahRun settles its
+        initial pose with 200 physics steps), so here the resets run under a ``lax.cond`` on
+        "any env ended". (Under an outer ``vmap``, as over seeds with ``seed_batching="vmap"``,
+        that cond becomes a select and both branches run again.)
+
+        Args:
+            states: env states with a leading ``[num_envs]`` axis.
+            actions: ``[num_envs, action_dim]`` in [-1, 1].
+
+        Returns:
+            ``(states, obs, reward, terminated, truncated)`` as :meth:`step`, each with the
+            leading ``[num_envs]`` axis.
+        """
+        stepped, obs, reward, terminated, truncated = jax.vmap(self.advance)(
+            states, jax.vmap(self.to_env_action)(actions)
+        )
+        ended = terminated | truncated
+
+        def start_new_episodes(stepped: MJXState) -> MJXState:
+            return jax.vmap(_select)(ended, jax.vmap(self.reset)(stepped.key), stepped)
+
+        next_states = jax.lax.cond(
+            jnp.any(ended), start_new_episodes, lambda stepped: stepped, stepped
+        )
+        return next_states, obs, reward, terminated, truncated
+
 
 def make_mjx_env(env_id: str, *, action_repeat: int = 1) -> MJXEnv:
     """The functional env of ``mjx:TASK[@IMPL]`` (see the module docstring).

@@ -258,7 +258,7 @@ def _replay_step(env: MJXEnv, agent: Any, loop: DeviceReplayLoopConfig) -> Calla
             lambda: jax.random.uniform(act_key, shape, jnp.float32, -1.0, 1.0),
             lambda: jnp.asarray(agent.act(carry.agent, obs, act_key, False), jnp.float32),
         )
-        envs, next_obs, reward, terminated, truncated = jax.vmap(env.step)(carry.envs, action)
+        envs, next_obs, reward, terminated, truncated = env.step_envs(carry.envs, action)
         to_float = functools.partial(jnp.asarray, dtype=jnp.float32)
         buffer = carry.buffer.insert(
             Batch(obs, action, reward, next_obs, to_float(terminated), to_float(truncated))
@@ -306,7 +306,7 @@ def _rollout_step(
         agent_state, envs, episodes = inputs
         obs = envs.obs
         action, extras = agent.collect(agent_state, obs, key)
-        envs, next_obs, reward, terminated, truncated = jax.vmap(env.step)(envs, action)
+        envs, next_obs, reward, terminated, truncated = env.step_envs(envs, action)
         episodes = episodes.add(reward, terminated | truncated)
         record = (obs, extras, reward, next_obs, terminated, truncated)
         return (agent_state, envs, episodes), record
