@@ -391,7 +391,9 @@ def check_run(config: Any) -> None:
         UsageError: a replay buffer smaller than one step of all envs.
     """
     loop = config.loop
-    if hasattr(loop, "buffer_size") and loop.buffer_size < loop.num_envs:
+    # A host loop on an mjx: env (the Gymnasium adapter; benchmarks/device_loop.py) has no envs
+    # to check here.
+    if isinstance(loop, DeviceReplayLoopConfig) and loop.buffer_size < loop.num_envs:
         raise UsageError(
             f"buffer_size ({loop.buffer_size}) must hold one step of all num_envs "
             f"({loop.num_envs}) envs"
