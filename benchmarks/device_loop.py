@@ -26,6 +26,8 @@ from diffmaxent.config import parse_assignments
 def rate(rows: list[dict]) -> float:
     """Env steps per second between the first and the last evaluation row."""
     first, last = rows[0], rows[-1]
+    if last["env_step"] == first["env_step"]:
+        raise SystemExit("device_loop.py: one evaluation row; --steps must reach a second one")
     return (last["env_step"] - first["env_step"]) / (last["wall_seconds"] - first["wall_seconds"])
 
 
