@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
 # test each time (tests/test_meow.py; "LLVM compilation error: Cannot allocate memory" is hidden
 # by TF_CPP_MIN_LOG_LEVEL). So between tests, once the process holds over half the limit, JAX's
 # compiled programs are released (later tests compile again what they need).
-MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+_LIMIT_FILE = Path("/proc/sys/vm/max_map_count")
+MAX_MAP_COUNT = int(_LIMIT_FILE.read_text()) if _LIMIT_FILE.exists() else None
 RELEASES = []
 
 
@@ -46,10 +47,10 @@ def _memory_maps() -> int:
 @pytest.fixture(autouse=True)
 def _release_compiled_programs_near_the_map_limit():
     yield
-    if not MAX_MAP_COUNT.exists():
+    if MAX_MAP_COUNT is None:
         return
     held = _memory_maps()
-    if held > int(MAX_MAP_COUNT.read_text()) // 2:
+    if held > MAX_MAP_COUNT // 2:
         jax.clear_caches()
         gc.collect()
         RELEASES.append((held, _memory_maps()))

@@ -157,8 +157,9 @@ def test_update_and_act_do_not_retrace(algo):
         jax.jit(lambda x: x + 1)(1.0)  # the listener sees a trace (so the counts below mean it)
         assert traced == ["<lambda>"]
         for i in range(4):
-            state, metrics = agent.update(state, _batches(source, i), jax.random.PRNGKey(i))
-            obs = _batches(source, i).obs[0, :1]
+            batches = _batches(source, i)
+            state, metrics = agent.update(state, batches, jax.random.PRNGKey(i))
+            obs = batches.obs[0, :1]
             agent.act(state, obs, jax.random.PRNGKey(i), False)
             agent.act(state, obs, jax.random.PRNGKey(i), True)
             if i == 0:
